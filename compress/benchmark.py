@@ -1,0 +1,227 @@
+"""Timing and results records, shared by benchmarks/bench_*.py and `python -m compress demo`.
+
+Results follow RESULTS_SCHEMA.md (one JSON file per run under benchmarks/results/, named
+<bench>-<device-slug>-<YYYYMMDD>.json); `report` turns such files into a Markdown table and a PNG.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+def cpu_cache_bytes() -> int:
+    """Largest CPU cache (L3 on x86), from sysfs; 32 MiB if unknown."""
+    best = 0
+    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        m = re.fullmatch(r"(\d+)([KMG]?)", p.read_text().strip())
+        if m:
+            best = max(best, int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
+    return best or 32 * 2**20
+
+
+def copies_to_exceed_cache(bytes_per_set: int, device: torch.device) -> int:
+    """How many input sets to rotate through so one pass over them is larger than the cache."""
+    cache = (torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda"
+             else cpu_cache_bytes())
+    return max(1, min(64, math.ceil(2 * cache / max(1, bytes_per_set))))
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, min_reps: int = 10,
+            min_seconds: float = 0.3) -> dict:
+    """Median, p20 and p80 of one call of `fn`, in milliseconds, after warm-up.
+
+    CUDA: triton.testing.do_bench (CUDA events; it clears L2 before each call) when Triton is
+    there, else CUDA events around each call. CPU: time.perf_counter around each call; rotate
+    inputs inside `fn` (see copies_to_exceed_cache) to keep them out of cache.
+    """
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+            q = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
+            return {"ms": q[0], "p20": q[1], "p80": q[2]}
+        except ImportError:
+            pass
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(max(min_reps, 50)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(warmup):
+            fn()
+        times = []
+        t_end = time.perf_counter() + min_seconds
+        while len(times) < min_reps or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if len(times) >= 10000:
+                break
+    qs = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"ms": statistics.median(times), "p20": qs[1], "p80": qs[7]}
+
+
+def timing_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+            return "triton.testing.do_bench (cuda events, L2 cleared per call), median after warm-up"
+        except ImportError:
+            return "cuda events, median after warm-up"
+    return (f"time.perf_counter, median after warm-up, {torch.get_num_threads()} threads, "
+            "inputs rotated past the last-level cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    name = device_name(device).lower()
+    m = re.search(r"\b([a-z]\d{2,4}[a-z]?)\b", name.replace("nvidia", ""))
+    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Results:
+    """Rows of one benchmark run on one device, written as RESULTS_SCHEMA.md says."""
+
+    def __init__(self, bench: str, device: torch.device, timing: str | None = None):
+        try:
+            import triton
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = None
+        self.bench = bench
+        self.device = torch.device(device)
+        self.header = {
+            "device": device_name(self.device),
+            "torch": torch.__version__,
+            "triton": triton_version,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "commit": git_commit(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "timing": timing or timing_note(self.device),
+        }
+        self.rows: list[dict] = []
+
+    def add(self, *, bench: str, impl: str, baseline: str, ms: float, baseline_ms: float, **keys) -> dict:
+        row = {"bench": bench, "impl": impl, "baseline": baseline, **keys,
+               "ms": round(ms, 6), "baseline_ms": round(baseline_ms, 6),
+               "speedup": round(baseline_ms / ms, 4) if ms > 0 else None}
+        self.rows.append(row)
+        return row
+
+    def to_dict(self) -> dict:
+        return {**self.header, "rows": self.rows}
+
+    def write(self, out_dir: str | Path = REPO / "benchmarks" / "results") -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        day = self.header["date"][:10].replace("-", "")
+        path = out_dir / f"{self.bench}-{device_slug(self.device)}-{day}.json"
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Report: results JSON -> Markdown table + PNG plot
+
+_FIXED = ("bench", "impl", "baseline", "ms", "baseline_ms", "speedup")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in _FIXED]
+    cols = ["bench", "impl", "baseline", *keys, "ms", "baseline_ms", "speedup"]
+    out = [f"**{results['device']}** — torch {results['torch']}, triton {results.get('triton')}, "
+           f"commit `{results['commit'][:12]}`, {results['date']}; timing: {results['timing']}", "",
+           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot(results: dict, path: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    shape_keys = [k for k in ("M", "N", "K", "batch", "hidden", "seq", "layers", "sparsity") if any(k in r for r in rows)]
+    labels = [f"{r['impl']} vs {r['baseline']}\n" + "x".join(str(r[k]) for k in shape_keys if k in r) for r in rows]
+    speed = [r["speedup"] or 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4.5))
+    ax.bar(range(len(rows)), speed, color=["tab:green" if s >= 1 else "tab:red" for s in speed])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), labels, rotation=75, fontsize=6, ha="right")
+    ax.set_ylabel("speed-up over baseline (x)")
+    ax.set_title(f"{rows[0]['bench'] if rows else ''} on {results['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def report(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
+    """For each results JSON: <name>.md (table) and <name>.png (speed-up plot) in out_dir."""
+    written = []
+    for p in map(Path, paths):
+        results = json.loads(p.read_text())
+        d = Path(out_dir) if out_dir else p.parent
+        d.mkdir(parents=True, exist_ok=True)
+        md = d / (p.stem + ".md")
+        md.write_text(markdown(results))
+        written += [md, plot(results, d / (p.stem + ".png"))]
+    return written

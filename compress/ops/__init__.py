@@ -1,0 +1,41 @@
+"""compress.ops: every kernel of the library as a torch.library custom op (namespace `compress`).
+
+Each op has a schema, a fake (shape-only) implementation, a plain-PyTorch reference
+(`<op>_reference`) and up to three fast backends (C++ CPU, CUDA, Triton); see `_backend` for how
+one is chosen. Everything above this layer calls these functions, never compress._C directly.
+"""
+from compress.ops import _backend
+from compress.ops._backend import BACKENDS, Choice, backend, current_backend, last_choice
+
+# The extension registers its kernels for the schemas defined above when it loads.
+try:
+    from compress import _C  # noqa: F401
+except ImportError as e:  # keep the reference (and Triton) backends usable without the build
+    _C = None
+    _backend.native_import_error = str(e)
+
+from compress.ops.int8 import int8_mm, int8_mm_reference  # noqa: E402
+
+
+def implemented(op: str):
+    """Backends `op` has an implementation for (available or not on this machine)."""
+    return _backend.implemented(op)
+
+
+def why_unavailable(op: str, name: str, device) -> "str | None":
+    """None if backend `name` can run `op` on `device`, else the reason."""
+    import torch
+    return _backend.why_unavailable(op, name, torch.device(device))
+
+
+def resolve(op: str, device):
+    """(backend, reason) that `op` would run on for inputs on `device`, under the current choice."""
+    import torch
+    name, _, reason = _backend.resolve(op, torch.device(device))
+    return name, reason
+
+
+OPS = ("int8_mm",)
+
+__all__ = ["BACKENDS", "Choice", "OPS", "backend", "current_backend", "implemented", "int8_mm",
+           "int8_mm_reference", "last_choice", "resolve", "why_unavailable"]

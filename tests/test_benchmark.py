@@ -1,0 +1,63 @@
+"""The timing helper, the results writer (RESULTS_SCHEMA.md) and the report."""
+import json
+
+import pytest
+import torch
+
+from compress import benchmark
+
+HEADER_KEYS = {"device": str, "torch": str, "cuda": (str, type(None)), "python": str, "commit": str,
+               "date": str, "timing": str, "rows": list}
+ROW_KEYS = {"bench": str, "impl": str, "baseline": str, "ms": float, "baseline_ms": float, "speedup": float}
+
+
+def check_schema(results: dict):
+    for k, t in HEADER_KEYS.items():
+        assert isinstance(results[k], t), (k, results.get(k))
+    assert "triton" in results
+    for row in results["rows"]:
+        for k, t in ROW_KEYS.items():
+            assert isinstance(row[k], t), (k, row)
+        for k in ("M", "N", "K", "batch", "hidden", "seq", "layers"):
+            if k in row:
+                assert isinstance(row[k], int), (k, row)
+
+
+def test_results_file(tmp_path):
+    r = benchmark.Results("int8", torch.device("cpu"))
+    row = r.add(bench="int8_mm", impl="ours_cpu", baseline="int_mm_cpu", M=3, N=5, K=7, dtype="int8",
+                ms=2.0, baseline_ms=3.0)
+    assert row["speedup"] == 1.5
+    path = r.write(tmp_path)
+    assert path.name.startswith("int8-cpu-") and path.suffix == ".json"
+    results = json.loads(path.read_text())
+    check_schema(results)
+    assert results["rows"][0]["M"] == 3
+
+
+def test_report_makes_table_and_plot(tmp_path):
+    r = benchmark.Results("int8", torch.device("cpu"))
+    r.add(bench="int8_mm", impl="ours_cpu", baseline="int_mm_cpu", M=3, N=5, K=7, ms=2.0, baseline_ms=3.0)
+    r.add(bench="int8_mm", impl="ours_cpu", baseline="fp32_torch", M=3, N=5, K=7, ms=2.0, baseline_ms=1.0)
+    md, png = benchmark.report([r.write(tmp_path)])
+    table = md.read_text()
+    assert "| int8_mm | ours_cpu | int_mm_cpu | 3 | 5 | 7 | 2 | 3 | 1.5 |" in table
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_ms_measures():
+    x = torch.randn(256, 256)
+    t = benchmark.time_ms(lambda: x @ x, torch.device("cpu"), min_seconds=0.05)
+    assert 0 < t["p20"] <= t["ms"] <= t["p80"]
+
+
+@pytest.mark.parametrize("name,slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                       ("NVIDIA A100-SXM4-80GB", "a100")])
+def test_device_slug(monkeypatch, name, slug):
+    monkeypatch.setattr(benchmark, "device_name", lambda d: name)
+    assert benchmark.device_slug(torch.device("cuda")) == slug
+
+
+def test_committed_results_follow_the_schema():
+    for path in (benchmark.REPO / "benchmarks" / "results").glob("*.json"):
+        check_schema(json.loads(path.read_text()))

@@ -1,0 +1,186 @@
+"""compress.ops.int8_mm on every backend against the exact reference."""
+import pytest
+import torch
+
+from compress import ops
+from helpers import ODD_SHAPES, assert_exact, make_int8, poisoned_outputs
+
+HAS_CUDA = torch.cuda.is_available()
+
+# Each backend with the device its tests run on. cpu must be available wherever the package is
+# built (a missing kernel fails, it is not skipped); triton runs under the interpreter without a GPU.
+BACKENDS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("triton", marks=pytest.mark.triton, id="triton"),
+    pytest.param("cuda", marks=pytest.mark.cuda, id="cuda"),
+]
+
+
+def device_for(backend):
+    if backend == "cuda" or (backend == "triton" and HAS_CUDA):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(backend, a, b):
+    with ops.backend(backend):
+        out = ops.int8_mm(a, b)
+    choice = ops.last_choice("int8_mm")
+    assert choice.backend == backend, choice
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K", ODD_SHAPES)
+@pytest.mark.parametrize("layout_a,layout_b", [("contiguous", "contiguous"), ("transposed", "contiguous"),
+                                               ("strided", "transposed"), ("offset", "offset")])
+def test_matches_reference(backend, M, N, K, layout_a, layout_b):
+    dev = device_for(backend)
+    a = make_int8(M, K, dev, layout_a)
+    b = make_int8(K, N, dev, layout_b)
+    with poisoned_outputs():
+        out = run(backend, a, b)
+    assert out.device.type == dev.type and out.is_contiguous()
+    assert_exact(out, ops.int8_mm_reference(a, b), f"{backend} {M}x{N}x{K} {layout_a}/{layout_b}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("va,vb", [(-128, -128), (-128, 127), (127, 127)])
+def test_extremes_exact_at_k2048(backend, va, vb):
+    # 128 * 128 * 2048 = 2^25: fits int32, but overflows any int16 partial sum or u8 x s8 saturating path.
+    dev = device_for(backend)
+    M, N = (5, 7) if backend == "triton" and not HAS_CUDA else (33, 130)
+    a = torch.full((M, 2048), va, dtype=torch.int8, device=dev)
+    b = torch.full((2048, N), vb, dtype=torch.int8, device=dev)
+    with poisoned_outputs():
+        out = run(backend, a, b)
+    assert_exact(out, torch.full((M, N), va * vb * 2048, dtype=torch.int32, device=dev), f"{backend} {va}*{vb}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_extremes(backend):
+    dev = device_for(backend)
+    pick = torch.tensor([-128, -127, -1, 0, 1, 126, 127], dtype=torch.int8)
+    a = pick[torch.randint(0, 7, (19, 1100))].to(dev)
+    b = pick[torch.randint(0, 7, (1100, 23))].to(dev)
+    assert_exact(run(backend, a, b), ops.int8_mm_reference(a, b), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K", [(0, 5, 7), (4, 0, 7), (4, 5, 0), (0, 0, 0)])
+def test_empty(backend, M, N, K):
+    dev = device_for(backend)
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8, device=dev)
+    b = torch.randint(-128, 128, (K, N), dtype=torch.int8, device=dev)
+    with poisoned_outputs():
+        out = run(backend, a, b)
+    assert_exact(out, torch.zeros(M, N, dtype=torch.int32, device=dev), f"{backend} empty {M}x{N}x{K}")
+
+
+def cpu_isas():
+    order = ["scalar", "avx2", "avx512_vnni"]
+    best = ops._C.detected_cpu_isa()
+    return order[: order.index(best) + 1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_every_isa_path(threads):
+    torch.set_num_threads(threads)
+    for isa in cpu_isas():
+        ops._C.set_cpu_isa(isa)
+        assert ops._C.cpu_isa() == isa
+        for M, N, K in ODD_SHAPES + [(257, 1000, 1023), (8, 4096, 512)]:
+            a, b = make_int8(M, K, "cpu"), make_int8(K, N, "cpu", "transposed")
+            with poisoned_outputs():
+                out = run("cpu", a, b)
+            assert_exact(out, ops.int8_mm_reference(a, b), f"cpu/{isa} {threads} threads {M}x{N}x{K}")
+        a = torch.full((9, 2048), -128, dtype=torch.int8)
+        assert_exact(run("cpu", a, a.t()), torch.full((9, 9), 2**25, dtype=torch.int32), f"cpu/{isa} extremes")
+
+
+def test_cpu_isa_errors():
+    with pytest.raises(ValueError, match="expected `name`"):
+        ops._C.set_cpu_isa("sse9")
+
+
+def test_cpu_large_blocked():
+    # Larger than one K block and one panel of the CPU kernel: exercises the accumulation across blocks.
+    a, b = make_int8(130, 4100, "cpu"), make_int8(4100, 300, "cpu")
+    assert_exact(run("cpu", a, b), ops.int8_mm_reference(a, b), "cpu 130x300x4100")
+
+
+BAD_INPUTS = [
+    # (description, a spec, b spec, exception, message fragment)
+    ("float a", ((4, 8), torch.float32), ((8, 3), torch.int8), TypeError, "`a`"),
+    ("int32 b", ((4, 8), torch.int8), ((8, 3), torch.int32), TypeError, "`b`"),
+    ("1-D a", ((8,), torch.int8), ((8, 3), torch.int8), ValueError, "`a`"),
+    ("3-D b", ((4, 8), torch.int8), ((2, 8, 3), torch.int8), ValueError, "`b`"),
+    ("mismatched K", ((4, 8), torch.int8), ((9, 3), torch.int8), ValueError, "`b`"),
+]
+
+
+def _make(spec, dev):
+    shape, dtype = spec
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=dev).to(dtype)
+    return torch.randint(-5, 5, shape, device=dev).to(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + [pytest.param("reference", id="reference")])
+@pytest.mark.parametrize("desc,sa,sb,exc,frag", BAD_INPUTS, ids=[x[0] for x in BAD_INPUTS])
+def test_bad_input_python(backend, desc, sa, sb, exc, frag):
+    dev = device_for(backend)
+    a, b = _make(sa, dev), _make(sb, dev)
+    with pytest.raises(exc, match=frag) as info, ops.backend(backend):
+        ops.int8_mm(a, b)
+    assert "int8_mm" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")])
+@pytest.mark.parametrize("desc,sa,sb,exc,frag", BAD_INPUTS, ids=[x[0] for x in BAD_INPUTS])
+def test_bad_input_native_op(backend, desc, sa, sb, exc, frag):
+    # Called straight through torch.ops, the C++ kernels check for themselves.
+    dev = device_for(backend)
+    a, b = _make(sa, dev), _make(sb, dev)
+    with pytest.raises(exc, match=frag) as info:
+        torch.ops.compress.int8_mm(a, b)
+    assert "int8_mm" in str(info.value)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match="`b`"):
+        ops.int8_mm(torch.zeros(2, 2, dtype=torch.int8), [[1, 2], [3, 4]])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_mixed_devices(backend):
+    a = torch.zeros(4, 8, dtype=torch.int8, device="cuda")
+    b = torch.zeros(8, 3, dtype=torch.int8)
+    with pytest.raises(ValueError, match="`b`"), ops.backend(backend):
+        ops.int8_mm(a, b)
+    with pytest.raises((ValueError, RuntimeError), match="`b`"):
+        torch.ops.compress.int8_mm(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    dev = device_for(backend)
+    op = torch.ops.compress.int8_mm_triton.default if backend == "triton" else torch.ops.compress.int8_mm.default
+    for M, N, K in [(3, 17, 33), (16, 32, 64)]:
+        torch.library.opcheck(op, (make_int8(M, K, dev), make_int8(K, N, dev, "transposed")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    dev = device_for(backend)
+
+    def f(a, b):
+        return ops.int8_mm(a, b) * 2 + 1
+
+    a, b = make_int8(17, 40, dev), make_int8(40, 9, dev)
+    with ops.backend(backend):
+        eager = f(a, b)
+        compiled = torch.compile(f, fullgraph=True)(a, b)
+    assert_exact(compiled, eager, f"compiled vs eager on {backend}")
+    assert_exact(eager, ops.int8_mm_reference(a, b) * 2 + 1, f"eager on {backend}")

@@ -1,0 +1,94 @@
+"""int8 x int8 -> int32 GEMM in Triton: C[M, N] = A[M, K] @ B[K, N], exact int32 accumulation.
+
+Any strides (the kernel indexes through them), masked M/N/K edges, grouped tile order for L2 reuse.
+Autotuned on the GPU over the configs below, keyed on (M rounded up to a power of two, N, K); under
+TRITON_INTERPRET=1 (CI, no GPU) one small fixed config runs, since the autotuner needs a GPU to time.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from compress.ops._backend import triton_interpreted
+
+
+def _configs():
+    out = []
+    # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps): int8 tensor-core shapes for A100/H100;
+    # K blocks of 128 bytes feed the int8 MMA (k = 32) four deep per load.
+    for bm, bn, bk, stages, warps in [
+        (128, 256, 128, 3, 8), (256, 128, 128, 3, 8), (128, 128, 128, 4, 4), (128, 128, 64, 4, 4),
+        (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 5, 4),
+        # small M (decode-like): narrow rows, wide N and K
+        (16, 128, 256, 4, 4), (16, 64, 256, 5, 4), (32, 128, 128, 4, 4),
+    ]:
+        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                                 num_stages=stages, num_warps=warps))
+    return out
+
+
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"])
+@triton.jit
+def _int8_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, M_BUCKET,
+                    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: GROUP_M row tiles sweep the N tiles together, so B tiles are reused from L2.
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_m
+    pid_n = (pid % pids_per_group) // group_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    # 64-bit offsets: M * K alone can pass 2^31 bytes.
+    a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :].to(tl.int64) * stride_ak
+    b_ptrs = b_ptr + rk[:, None].to(tl.int64) * stride_bk + rn[None, :].to(tl.int64) * stride_bn
+    m_ok = rm[:, None] < M
+    n_ok = rn[None, :] < N
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=m_ok & (rk[None, :] < k_left), other=0)
+        b = tl.load(b_ptrs, mask=(rk[:, None] < k_left) & n_ok, other=0)
+        acc += tl.dot(a, b, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :].to(tl.int64) * stride_cn
+    tl.store(c_ptrs, acc, mask=m_ok & n_ok)
+
+
+# Under the interpreter: small tiles keep numpy fast; still smaller than the odd test shapes' edges.
+_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a int8 [M, K], b int8 [K, N] (any strides, same device) -> int32 [M, N] contiguous.
+
+    The caller (compress.ops) has checked dtypes, ranks, devices and K.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    c = torch.empty((M, N), dtype=torch.int32, device=a.device)
+    if M == 0 or N == 0:
+        return c
+    if K == 0:
+        return c.zero_()
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    args = (a, b, c, M, N, K, triton.next_power_of_2(M), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            c.stride(0), c.stride(1))
+    if triton_interpreted():
+        _int8_mm_kernel.fn[grid](*args, **_INTERPRET_META)
+    else:
+        with torch.cuda.device(a.device):
+            _int8_mm_kernel[grid](*args)
+    return c
