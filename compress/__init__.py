@@ -1,10 +1,14 @@
 """compress: fast kernels for compressed (int8, sparse, recurrent) PyTorch models.
 
 Layers (see ARCHITECTURE in the repo): kernels (csrc/, triton_kernels/) -> compress.ops (custom
-ops, references, backend choice) -> modules and conversion -> the `python -m compress` command.
+ops, references, backend choice) -> compress.nn modules -> conversions (quantize, ...) returning a
+Report -> the `python -m compress` command.
 """
 __version__ = "0.1.0"
 
 from compress import ops  # noqa: E402,F401  (defines the torch.ops.compress.* schemas)
+from compress import nn  # noqa: E402,F401
+from compress.quantize import quantize  # noqa: E402
+from compress.report import Report  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["Report", "nn", "ops", "quantize", "__version__"]

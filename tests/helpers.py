@@ -58,3 +58,40 @@ def assert_exact(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
         i = tuple(bad[0].tolist())
         raise AssertionError(f"{what}: {len(bad)} of {out.numel()} elements differ; first at {i}: "
                              f"got {out.cpu()[i].item()}, expected {ref.cpu()[i].item()}")
+
+
+# Float outputs: (dtype, rtol) where rtol is the bar on |out - ref| / max|ref| per element: a couple
+# of units in the last place of the output dtype (bf16 8 bits of mantissa, fp16 11), float32
+# differs from the reference only by summation order and FMA contraction.
+FLOAT_TOL = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
+
+
+def assert_close_scaled(out: torch.Tensor, ref: torch.Tensor, rtol: float, what: str = "") -> None:
+    """|out - ref| <= rtol * max|ref| everywhere; NaN (e.g. a poisoned, unwritten element) fails."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != reference {ref.dtype}"
+    o, r = out.float().cpu(), ref.float().cpu()
+    assert not o.isnan().any(), f"{what}: {int(o.isnan().sum())} NaN elements (unwritten output?)"
+    if r.numel() == 0:
+        return
+    err = (o - r).abs()
+    bound = rtol * r.abs().max().clamp_min(1e-30)
+    if not (err <= bound).all():
+        i = tuple((err == err.max()).nonzero()[0].tolist())
+        raise AssertionError(f"{what}: max error {err.max().item():.3g} > {bound.item():.3g} at {i}: "
+                             f"got {o[i].item()}, expected {r[i].item()}")
+
+
+def make_float(rows: int, cols: int, device, dtype, layout: str = "contiguous") -> torch.Tensor:
+    """Random float [rows, cols] in a layout of make_int8's list."""
+    def r(*shape):
+        return torch.randn(shape).to(dtype).to(device)
+    if layout == "contiguous":
+        return r(rows, cols)
+    if layout == "transposed":
+        return r(cols, rows).t()
+    if layout == "strided":
+        return r(rows, 2 * cols)[:, ::2]
+    if layout == "offset":
+        return r(rows * cols + 1)[1:].view(rows, cols)
+    raise ValueError(layout)

@@ -14,7 +14,9 @@ except ImportError as e:  # keep the reference (and Triton) backends usable with
     _C = None
     _backend.native_import_error = str(e)
 
-from compress.ops.int8 import int8_mm, int8_mm_reference  # noqa: E402
+from compress.ops.int8 import (  # noqa: E402
+    int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
+    quantize_per_token_reference, w8a8_linear, w8a16_linear, w8a16_linear_reference)
 
 
 def implemented(op: str):
@@ -35,7 +37,9 @@ def resolve(op: str, device):
     return name, reason
 
 
-OPS = ("int8_mm",)
+OPS = ("int8_mm", "quantize_per_token", "int8_linear", "w8a16_linear")
 
-__all__ = ["BACKENDS", "Choice", "OPS", "backend", "current_backend", "implemented", "int8_mm",
-           "int8_mm_reference", "last_choice", "resolve", "why_unavailable"]
+__all__ = ["BACKENDS", "Choice", "OPS", "backend", "current_backend", "implemented", "int8_linear",
+           "int8_linear_reference", "int8_mm", "int8_mm_reference", "last_choice", "quantize_per_token",
+           "quantize_per_token_reference", "resolve", "w8a8_linear", "w8a16_linear", "w8a16_linear_reference",
+           "why_unavailable"]

@@ -87,6 +87,16 @@ def register(op: str, name: str, fn: Callable, unavailable: Callable[[torch.devi
     _REGISTRY.setdefault(op, {})[name] = _Impl(fn, unavailable)
 
 
+def register_standard(op: str, triton_fn: Callable, reference_fn: Callable):
+    """The usual four backends of an op: the C++ kernels registered by compress._C for the schema
+    `compress::<op>` (CPU and CUDA dispatch keys), a Triton custom op, and the reference."""
+    native = getattr(torch.ops.compress, op).default
+    register(op, "cpu", native, native_cpu(f"compress::{op}"))
+    register(op, "cuda", native, native_cuda(f"compress::{op}"))
+    register(op, "triton", triton_fn, triton_unavailable)
+    register(op, "reference", reference_fn, always)
+
+
 def implemented(op: str) -> tuple[str, ...]:
     return tuple(_REGISTRY[op])
 

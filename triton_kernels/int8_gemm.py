@@ -1,5 +1,8 @@
-"""int8 x int8 -> int32 GEMM in Triton: C[M, N] = A[M, K] @ B[K, N], exact int32 accumulation.
+"""int8 x int8 GEMMs in Triton, exact int32 accumulation: C[M, N] = A[M, K] @ B[K, N].
 
+One kernel, two epilogues: int8_mm stores the int32 sums; int8_linear (B = qw^T, the nn.Linear
+weight [N, K] read through its strides) dequantizes in registers,
+out = float32(acc) * x_scale[m] * w_scale[n] + bias[n], and stores out_dtype.
 Any strides (the kernel indexes through them), masked M/N/K edges, grouped tile order for L2 reuse.
 Autotuned on the GPU over the configs below, keyed on (M rounded up to a power of two, N, K); under
 TRITON_INTERPRET=1 (CI, no GPU) one small fixed config runs, since the autotuner needs a GPU to time.
@@ -28,10 +31,11 @@ def _configs():
 
 @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"])
 @triton.jit
-def _int8_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, M_BUCKET,
-                    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr):
+def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, M_BUCKET,
+                      stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                      DEQUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -61,11 +65,39 @@ def _int8_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, M_BUCKET,
         b_ptrs += BLOCK_K * stride_bk
 
     c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :].to(tl.int64) * stride_cn
-    tl.store(c_ptrs, acc, mask=m_ok & n_ok)
+    if DEQUANT:
+        xs = tl.load(x_scale_ptr + rm, mask=rm < M, other=0.0)
+        ws = tl.load(w_scale_ptr + rn, mask=rn < N, other=0.0)
+        out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_ok & n_ok)
+    else:
+        tl.store(c_ptrs, acc, mask=m_ok & n_ok)
 
 
 # Under the interpreter: small tiles keep numpy fast; still smaller than the odd test shapes' edges.
 _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+def _launch(a, b, c, x_scale=None, w_scale=None, bias=None):
+    M, K = a.shape
+    N = b.shape[1]
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    dequant = x_scale is not None
+    args = (a, b, c, x_scale if dequant else c, w_scale if dequant else c, bias if bias is not None else c,
+            M, N, K, triton.next_power_of_2(M), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            c.stride(0), c.stride(1))
+    flags = {"DEQUANT": dequant, "HAS_BIAS": bias is not None}
+    if triton_interpreted():
+        _int8_gemm_kernel.fn[grid](*args, **flags, **_INTERPRET_META)
+    else:
+        with torch.cuda.device(a.device):
+            _int8_gemm_kernel[grid](*args, **flags)
+    return c
 
 
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -80,15 +112,19 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return c
     if K == 0:
         return c.zero_()
+    return _launch(a, b, c)
 
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    args = (a, b, c, M, N, K, triton.next_power_of_2(M), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-            c.stride(0), c.stride(1))
-    if triton_interpreted():
-        _int8_mm_kernel.fn[grid](*args, **_INTERPRET_META)
-    else:
-        with torch.cuda.device(a.device):
-            _int8_mm_kernel[grid](*args)
-    return c
+def int8_linear(qx, x_scale, qw, w_scale, bias, out_dtype) -> torch.Tensor:
+    """qx int8 [M, K], x_scale float32 [M], qw int8 [N, K], w_scale float32 [N], bias [N] or None
+    -> out_dtype [M, N] contiguous. Checked by the caller (compress.ops)."""
+    M, K = qx.shape
+    N = qw.shape[0]
+    out = torch.empty((M, N), dtype=out_dtype, device=qx.device)
+    if M == 0 or N == 0:
+        return out
+    bias = None if bias is None else bias.float().contiguous()
+    if K == 0:  # no products: the epilogue of a zero accumulator
+        out.copy_(bias.expand(M, N) if bias is not None else torch.zeros((), device=qx.device))
+        return out
+    return _launch(qx, qw.t(), out, x_scale.contiguous(), w_scale.contiguous(), bias)
