@@ -17,6 +17,9 @@ except ImportError as e:  # keep the reference (and Triton) backends usable with
 from compress.ops.int8 import (  # noqa: E402
     int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
     quantize_per_token_reference, w8a8_linear, w8a16_linear, w8a16_linear_reference)
+from compress.ops.sparse import (  # noqa: E402
+    bsr_linear, bsr_linear_reference, csr_linear, csr_linear_reference, sparse24_linear,
+    sparse24_linear_reference)
 
 
 def implemented(op: str):
@@ -37,9 +40,12 @@ def resolve(op: str, device):
     return name, reason
 
 
-OPS = ("int8_mm", "quantize_per_token", "int8_linear", "w8a16_linear")
+OPS = ("int8_mm", "quantize_per_token", "int8_linear", "w8a16_linear", "sparse24_linear", "bsr_linear",
+       "csr_linear")
 
-__all__ = ["BACKENDS", "Choice", "OPS", "backend", "current_backend", "implemented", "int8_linear",
+__all__ = ["BACKENDS", "Choice", "OPS", "backend", "bsr_linear", "bsr_linear_reference", "csr_linear",
+           "csr_linear_reference", "current_backend", "implemented", "int8_linear", "sparse24_linear",
+           "sparse24_linear_reference",
            "int8_linear_reference", "int8_mm", "int8_mm_reference", "last_choice", "quantize_per_token",
            "quantize_per_token_reference", "resolve", "w8a8_linear", "w8a16_linear", "w8a16_linear_reference",
            "why_unavailable"]

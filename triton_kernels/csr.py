@@ -1,0 +1,54 @@
+"""Unstructured-sparse (CSR) linear in Triton (compress.ops.csr_linear), for small M:
+y[m, n] = sum_j values[j] * x[m, col[j]] over row n's stored weights, + bias[n].
+
+One program per (weight row n, BLOCK_M rows of x): the row's nonzeros stream in BLOCK_NNZ at a time
+and gather the matching x columns (x is small and stays in cache at small M). Work and weight
+traffic scale with the nonzeros; at large M a dense or block format wins (sparsify chooses).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from compress.triton_kernels.bsr import _NoDevice
+from compress.ops._backend import triton_interpreted
+
+
+@triton.jit
+def _csr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, out_ptr, M, N,
+                       stride_xm, stride_xk, stride_om, HAS_BIAS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_NNZ: tl.constexpr):
+    n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = rm < M
+    start = tl.load(crow_ptr + n)
+    end = tl.load(crow_ptr + n + 1)
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for j0 in range(start, end, BLOCK_NNZ):
+        jj = j0 + tl.arange(0, BLOCK_NNZ)
+        ok = jj < end
+        c = tl.load(col_ptr + jj, mask=ok, other=0)
+        v = tl.load(v_ptr + jj, mask=ok, other=0.0).to(tl.float32)
+        xg = tl.load(x_ptr + rm[:, None].to(tl.int64) * stride_xm + c[None, :].to(tl.int64) * stride_xk,
+                     mask=m_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(xg * v[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n)
+    tl.store(out_ptr + rm.to(tl.int64) * stride_om + n, acc.to(out_ptr.dtype.element_ty), mask=m_ok)
+
+
+def csr_linear(x, crow, col, values, out_features, bias) -> torch.Tensor:
+    """x [M, K] (any strides); crow/col/values as compress.formats.CSR; -> [M, out_features] in x.dtype."""
+    M, K = x.shape
+    N = out_features
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out
+    bias = None if bias is None else bias.float().contiguous()
+    block_m = min(16, triton.next_power_of_2(M))
+    grid = (N, triton.cdiv(M, block_m))
+    with torch.cuda.device(x.device) if x.is_cuda else _NoDevice():
+        _csr_linear_kernel[grid](x, crow, col, values, bias if bias is not None else values, out, M, N,
+                                 x.stride(0), x.stride(1), out.stride(0), HAS_BIAS=bias is not None,
+                                 BLOCK_M=block_m, BLOCK_NNZ=16 if triton_interpreted() else 128)
+    return out
