@@ -11,6 +11,7 @@ from compress import nn  # noqa: E402,F401
 from compress.pruning import GradualPruner, distill_loss, prune, sparsity_of  # noqa: E402
 from compress.quantize import quantize  # noqa: E402
 from compress.report import Report  # noqa: E402
+from compress.sparsify import sparsify  # noqa: E402
 
-__all__ = ["GradualPruner", "Report", "distill_loss", "nn", "ops", "prune", "quantize", "sparsity_of",
-           "__version__"]
+__all__ = ["GradualPruner", "Report", "distill_loss", "nn", "ops", "prune", "quantize", "sparsify",
+           "sparsity_of", "__version__"]
