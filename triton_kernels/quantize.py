@@ -20,19 +20,22 @@ def _quantize_per_token_kernel(x_ptr, q_ptr, scale_ptr, K, stride_xr, BLOCK_K: t
     x_row = x_ptr + row * stride_xr
     q_row = q_ptr + row * K
     offs = tl.arange(0, BLOCK_K)
-    # Pass 1: absmax over the row.
+    # Pass 1: absmax over the row, and whether it holds a NaN (then the reference's scale is 1.0).
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    nan = tl.zeros((BLOCK_K,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
+        nan = tl.maximum(nan, (x != x).to(tl.int32))
     absmax = tl.max(amax, axis=0)
-    scale = tl.where(absmax > 0, tl.div_rn(absmax, 127.0), 1.0)
+    scale = tl.where((absmax > 0) & (tl.max(nan, axis=0) == 0), tl.div_rn(absmax, 127.0), 1.0)
     tl.store(scale_ptr + row, scale)
     # Pass 2: quantize (the row is back from L1/L2).
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
         v = tl.div_rn(x, scale)
         v = (v + _RINT_MAGIC) - _RINT_MAGIC
+        v = tl.where(v != v, 0.0, v)  # NaN -> 0, as the reference
         v = tl.minimum(tl.maximum(v, -127.0), 127.0)
         tl.store(q_row + k0 + offs, v.to(tl.int8), mask=k0 + offs < K)
 

@@ -77,6 +77,8 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor:
 #   absmax = max |x| over the last dim, in float32
 #   scale  = absmax / 127 (IEEE float32 division), or 1.0 for a row of zeros (q = 0 there)
 #   q      = clamp(round_half_to_even(x_f32 / scale), -127, 127)   (IEEE division again)
+# Non-finite input: a NaN in a row makes its absmax NaN, so its scale 1.0; a NaN quotient gives q = 0
+# (an inf in a row makes its scale inf, so its finite entries 0 and the inf itself NaN -> 0).
 # Every backend computes exactly these float32 operations, so q and scale are bit-identical.
 # x: float32 / bfloat16 / float16, shape [..., K]; q: int8 [..., K] contiguous; scale: float32 [...].
 
@@ -111,8 +113,10 @@ def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     check_quantize_per_token(x)
     xf = x.float()
     absmax = xf.abs().amax(dim=-1) if x.shape[-1] > 0 else xf.new_zeros(x.shape[:-1])
-    scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
-    q = torch.round(xf / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    # divide by a tensor, not the number 127: on CUDA, ATen turns division by a Python scalar into
+    # multiplication by its reciprocal, which is not the IEEE quotient the kernels compute
+    scale = torch.where(absmax > 0, absmax / torch.full_like(absmax, 127.0), torch.ones_like(absmax))
+    q = torch.round(xf / scale.unsqueeze(-1)).nan_to_num(0.0).clamp(-127, 127).to(torch.int8)
     return q, scale
 
 
