@@ -8,11 +8,29 @@ Environment:
 Source convention in csrc/: `*.cu` and `*_cuda.cpp` are CUDA-only; every other `*.cpp` is always built.
 """
 import os
+import shutil
 from pathlib import Path
 
-import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _find_cuda_home():
+    # torch guesses CUDA_HOME from the nvcc on PATH; where that nvcc is a wrapper script (as in
+    # /usr/local/bin here) the guess has no headers. Prefer a directory that has them.
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = ([str(Path(os.path.realpath(nvcc)).parent.parent)] if nvcc else []) + ["/usr/local/cuda"]
+    for c in candidates:
+        if (Path(c) / "include" / "cuda_runtime_api.h").exists() and (Path(c) / "bin" / "nvcc").exists():
+            os.environ["CUDA_HOME"] = c
+            return
+
+
+_find_cuda_home()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it at import)
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 VERSION = "0.1.0"

@@ -1,0 +1,531 @@
+// int8 x int8 -> int32 GEMM, "TN": C[M, N] = A[M, K] * Bt[N, K]^T, on sm_80+ tensor cores.
+// Contract and preconditions: int8_gemm.h. Kernels only; no torch here (compile time).
+//
+// ---------------------------------------------------------------------------------------------
+// Design
+//   One CTA computes a BM x BN tile of C, marching over K in BK-wide slices. Each slice of A
+//   ([BM][BK] bytes) and Bt ([BN][BK] bytes) is copied global -> shared with 16-byte
+//   cp.async.cg (no register staging), STAGES slices in flight (multistage pipeline:
+//   commit_group per slice, wait_group STAGES-2 before use). Warps own a kWarpM x kWarpN
+//   sub-tile; per k32 step they pull fragments with ldmatrix.x4 and issue
+//   mma.sync.m16n8k32.row.col.s32.s8.s8.s32 (exact int32 accumulation). The epilogue stores
+//   the accumulators straight from registers, bounds-checked.
+//
+//   Epilogues (the kernel's second template argument, a small struct passed as a kernel
+//   parameter; the main loop is shared):
+//     Int32Store    C = acc as int32                                         (int8_gemm_tn)
+//     DequantStore  out = ((float(acc) * x_scale[m]) * w_scale[n]) + bias[n] (int8_gemm_tn_dequant)
+//                   output dtype (f32 / bf16 / f16) and bias-present are RUNTIME switches inside
+//                   it (one warp-uniform branch per tile), so each config has just 2 kernels.
+//
+//   Two tile configs (compile time matters; nothing else is templated), x 2 epilogues = 4 kernels:
+//     Big   BM=128 BN=128 BK=64,  8 warps as 2 (M) x 4 (N), warp tile 64x32, 4 stages, 64 KiB smem
+//     Small BM=16  BN=32  BK=128, 2 warps as 1 x 2,          warp tile 16x16, 6 stages, 36 KiB smem
+//   The small one serves M <= 32 (decode-like): it cuts N finely (4096 columns -> 128 CTAs)
+//   and keeps ~20 KiB of Bt in flight per CTA. Split-K would do better still (later work).
+//
+// ---------------------------------------------------------------------------------------------
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k32", .s8; lane = 4*g + t with
+// groupID g = lane >> 2, threadID_in_group t = lane & 3; "bytes x..y" below are listed low byte
+// of the .b32 register first):
+//   A (16x32, .row):  a[0] = A[g    ][ 4t ..  4t+3]     a[1] = A[g + 8][ 4t ..  4t+3]
+//                     a[2] = A[g    ][16+4t..16+4t+3]   a[3] = A[g + 8][16+4t..16+4t+3]
+//   B (32x8,  .col):  b[0] = B[4t ..  4t+3][g]     = Bt[g][ 4t ..  4t+3]
+//                     b[1] = B[16+4t..16+4t+3][g]  = Bt[g][16+4t..16+4t+3]
+//   C/D (16x8 s32):   c[0] = C[g][2t]  c[1] = C[g][2t+1]  c[2] = C[g+8][2t]  c[3] = C[g+8][2t+1]
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 (PTX ISA, "ldmatrix"): lanes 8q..8q+7 give the row
+// addresses of matrix q (row i = lane 8q+i), each row 8 b16 = 16 contiguous bytes; register q of
+// lane L receives row L/4 of matrix q, b16 elements 2(L%4), 2(L%4)+1 = bytes 4(L%4)..4(L%4)+3,
+// lowest address in the low byte (little-endian). Viewed as int8 that is exactly
+// "row g, bytes 4t..4t+3", i.e. the A and B fragments above, when the matrices are chosen as:
+//   A tile rows r0..r0+15, k-chunks (16 bytes) c, c+1:
+//     q=0: rows r0+0..7, chunk c     -> a[0]      lane L: row r0 + (L & 15),
+//     q=1: rows r0+8..15, chunk c    -> a[1]              chunk c + (L >> 4)
+//     q=2: rows r0+0..7, chunk c+1   -> a[2]
+//     q=3: rows r0+8..15, chunk c+1  -> a[3]
+//   Bt tile rows (n) n0..n0+15 = two n8 tiles, k-chunks c, c+1:
+//     q=0: n0+0..7, chunk c    -> b[0] of n-tile 0     lane L: row n0 + (L & 7) + 8 (L >> 4),
+//     q=1: n0+0..7, chunk c+1  -> b[1] of n-tile 0             chunk c + ((L >> 3) & 1)
+//     q=2: n0+8..15, chunk c   -> b[0] of n-tile 1
+//     q=3: n0+8..15, chunk c+1 -> b[1] of n-tile 1
+//   (benchmarks/dev/int8_gemm_model.py replays this in numpy; int8_linear_model.py the dequant
+//   epilogue's fragment -> (m, n) mapping, vector-store alignment and float32 op order.)
+//
+// Shared-memory tile layout (A and Bt alike): row r of a [rows][BK] int8 tile starts at byte
+// r*BK; its logical 16-byte chunk c (k = 16c..16c+15) sits at physical chunk c ^ swz(r), with
+// swz(r) = (r >> 1) & 3 for BK = 64 and r & 7 for BK = 128. Any 8 consecutive rows (aligned to
+// 8) at one logical chunk then cover all 32 banks once (ldmatrix phases conflict-free), and the
+// cp.async stores of 8 consecutive threads fill one 128-byte line (conflict-free too).
+// swz(r + 16) == swz(r), so a lane's swizzle is fixed across its m16 / n16 tiles.
+// ---------------------------------------------------------------------------------------------
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "int8_gemm.h"
+
+namespace compress {
+namespace {
+
+template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
+struct Int8GemmConfig {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_;
+  static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, STAGES = STAGES_;
+  static constexpr int kMinBlocks = MIN_BLOCKS_;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kWarpM = BM / WARPS_M;  // warp tile rows
+  static constexpr int kWarpN = BN / WARPS_N;  // warp tile cols
+  static constexpr int kMTiles = kWarpM / 16;  // m16 tiles per warp
+  static constexpr int kNTiles = kWarpN / 8;   // n8 tiles per warp (even: one ldmatrix.x4 per pair)
+  static constexpr int kKSteps = BK / 32;      // k32 mma steps per slice
+  static constexpr int kChunks = BK / 16;      // 16-byte chunks per smem row
+  static constexpr int kStageBytesA = BM * BK;
+  static constexpr int kStageBytesB = BN * BK;
+  static constexpr int kStageBytes = kStageBytesA + kStageBytesB;
+  static constexpr int kSmemBytes = STAGES * kStageBytes;
+  static constexpr int kLoadsA = BM * kChunks / kThreads;  // 16-byte copies per thread per slice
+  static constexpr int kLoadsB = BN * kChunks / kThreads;
+
+  static_assert(BK == 64 || BK == 128, "swizzle is defined for 64- and 128-byte rows");
+  static_assert(BM % (16 * WARPS_M) == 0, "warp tile rows: a multiple of 16");
+  static_assert(BN % (16 * WARPS_N) == 0, "warp tile cols: a multiple of 16 (n8 pairs)");
+  static_assert((BM * kChunks) % kThreads == 0 && (BN * kChunks) % kThreads == 0,
+                "every thread issues the same number of copies");
+  static_assert(kThreads % kChunks == 0, "a thread's chunk column is the same for all its copies");
+  static_assert(STAGES >= 2, "pipeline needs at least two stages");
+};
+
+using BigConfig = Int8GemmConfig<128, 128, 64, 2, 4, 4, 2>;
+using SmallConfig = Int8GemmConfig<16, 32, 128, 1, 2, 6, 1>;
+constexpr int kSmallMaxM = 32;  // M <= this uses SmallConfig
+
+// ---- PTX wrappers ---------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared (L2 only, .cg). With `zero_fill` the source is ignored and
+// 16 zero bytes are written (the "ignore-src" predicate operand, PTX ISA 7.5, sm_80); `src` is
+// then a valid dummy address all the same.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool zero_fill) {
+  const size_t gsrc = __cvta_generic_to_global(src);
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %2, 0;\n"
+      "  cp.async.cg.shared.global [%0], [%1], 16, p;\n"
+      "}\n" ::"r"(dst),
+      "l"(gsrc), "r"(static_cast<int>(zero_fill))
+      : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Wait until at most N of this thread's committed groups are still pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                        uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr)
+               : "memory");
+}
+
+// c += A(16x32, a[0..3]) * B(32x8, b0, b1), s8 x s8 -> s32, exact (no .satfinite: wraps).
+__device__ __forceinline__ void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Byte offset of logical (row r, 16-byte chunk c) inside a [rows][BK] swizzled tile.
+template <int BK>
+__device__ __forceinline__ int swz(int r) {
+  return BK == 64 ? ((r >> 1) & 3) : (r & 7);
+}
+template <int BK>
+__device__ __forceinline__ uint32_t tile_offset(int r, int c) {
+  return static_cast<uint32_t>(r * BK + ((c ^ swz<BK>(r)) << 4));
+}
+
+// ---- epilogues -------------------------------------------------------------------------------
+// Accumulator fragment -> output (PTX ISA, C/D of m16n8k32): lane (g, t) holds, per m16 x n8 tile,
+// c[0], c[1] = C[g][2t], C[g][2t+1] and c[2], c[3] = C[g+8][2t], C[g+8][2t+1]. So every store is a
+// pair of adjacent columns (col even): one 2-element vector store when the row start and the
+// pointer allow it (ld even and the base aligned to two elements), else two scalar stores.
+// row0 / col0: the warp tile's first output row / column in the whole matrix.
+
+struct Int32Store {  // int8_gemm_tn
+  int32_t* C;
+  int64_t ldc;
+};
+
+struct DequantStore {  // int8_gemm_tn_dequant; see int8_gemm.h for the contract
+  void* out;
+  const float* x_scale;  // [M]
+  const float* w_scale;  // [N]
+  const float* bias;     // [N] or nullptr
+  int64_t ldo;
+  int out_dtype;  // Int8OutDtype
+};
+
+template <int MT, int NT>
+__device__ __forceinline__ void store_tile(const Int32Store& p, const int32_t (&acc)[MT][NT][4],
+                                           int row0, int col0, int lane, int M, int N) {
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const bool vec2 = ((p.ldc & 1) == 0) && ((reinterpret_cast<uintptr_t>(p.C) & 7) == 0);
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + mi * 16 + g + 8 * h;
+      if (row >= M) continue;
+      int32_t* crow = p.C + static_cast<int64_t>(row) * p.ldc;
+#pragma unroll
+      for (int ni = 0; ni < NT; ++ni) {
+        const int col = col0 + ni * 8 + 2 * t;  // even
+        const int32_t v0 = acc[mi][ni][2 * h];
+        const int32_t v1 = acc[mi][ni][2 * h + 1];
+        if (vec2 && col + 1 < N) {
+          *reinterpret_cast<int2*>(crow + col) = make_int2(v0, v1);
+        } else {
+          if (col < N) crow[col] = v0;
+          if (col + 1 < N) crow[col + 1] = v1;
+        }
+      }
+    }
+  }
+}
+
+// Output element type of the dequant epilogue: T as stored (16-bit types as raw bits, so nothing
+// depends on cuda_fp16 / cuda_bf16 operator macros), cvt = round-to-nearest-even from float32,
+// put2 = one vector store of an adjacent pair (address aligned to 2 * sizeof(T)).
+template <int DT>
+struct OutTraits;
+template <>
+struct OutTraits<static_cast<int>(Int8OutDtype::kFloat32)> {
+  using T = float;
+  static __device__ __forceinline__ T cvt(float v) { return v; }
+  static __device__ __forceinline__ void put2(T* p, T a, T b) {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  }
+};
+template <>
+struct OutTraits<static_cast<int>(Int8OutDtype::kBFloat16)> {
+  using T = uint16_t;
+  static __device__ __forceinline__ T cvt(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+  static __device__ __forceinline__ void put2(T* p, T a, T b) {
+    *reinterpret_cast<uint32_t*>(p) = static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
+  }
+};
+template <>
+struct OutTraits<static_cast<int>(Int8OutDtype::kFloat16)> {
+  using T = uint16_t;
+  static __device__ __forceinline__ T cvt(float v) { return __half_as_ushort(__float2half_rn(v)); }
+  static __device__ __forceinline__ void put2(T* p, T a, T b) {
+    *reinterpret_cast<uint32_t*>(p) = static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
+  }
+};
+
+// ((float(acc) * xs) * ws) + b, each step one IEEE round-to-nearest op (the _rn intrinsics are
+// never contracted into an FMA), as int8_linear_reference computes it.
+__device__ __forceinline__ float dequant(int32_t acc, float xs, float ws, float b, bool has_bias) {
+  const float f = __fmul_rn(__fmul_rn(__int2float_rn(acc), xs), ws);
+  return has_bias ? __fadd_rn(f, b) : f;
+}
+
+template <int DT, int MT, int NT>
+__device__ __forceinline__ void dequant_tile(const DequantStore& p,
+                                             const int32_t (&acc)[MT][NT][4], int row0, int col0,
+                                             int lane, int M, int N) {
+  using Tr = OutTraits<DT>;
+  using T = typename Tr::T;
+  T* out = static_cast<T*>(p.out);
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const bool vec2 =
+      ((p.ldo & 1) == 0) && (reinterpret_cast<uintptr_t>(out) % (2 * sizeof(T)) == 0);
+  const bool has_bias = p.bias != nullptr;
+  // Per-column factors of this lane's 2 * NT columns, loaded once (columns past N: unused).
+  float ws[NT][2], bs[NT][2];
+#pragma unroll
+  for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = col0 + ni * 8 + 2 * t + e;
+      ws[ni][e] = col < N ? __ldg(p.w_scale + col) : 0.f;
+      bs[ni][e] = (has_bias && col < N) ? __ldg(p.bias + col) : 0.f;
+    }
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + mi * 16 + g + 8 * h;
+      if (row >= M) continue;
+      const float xs = __ldg(p.x_scale + row);
+      T* orow = out + static_cast<int64_t>(row) * p.ldo;
+#pragma unroll
+      for (int ni = 0; ni < NT; ++ni) {
+        const int col = col0 + ni * 8 + 2 * t;  // even
+        const T v0 = Tr::cvt(dequant(acc[mi][ni][2 * h], xs, ws[ni][0], bs[ni][0], has_bias));
+        const T v1 = Tr::cvt(dequant(acc[mi][ni][2 * h + 1], xs, ws[ni][1], bs[ni][1], has_bias));
+        if (vec2 && col + 1 < N) {
+          Tr::put2(orow + col, v0, v1);
+        } else {
+          if (col < N) orow[col] = v0;
+          if (col + 1 < N) orow[col + 1] = v1;
+        }
+      }
+    }
+  }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void store_tile(const DequantStore& p, const int32_t (&acc)[MT][NT][4],
+                                           int row0, int col0, int lane, int M, int N) {
+  switch (p.out_dtype) {  // uniform over the grid
+    case static_cast<int>(Int8OutDtype::kBFloat16):
+      dequant_tile<static_cast<int>(Int8OutDtype::kBFloat16)>(p, acc, row0, col0, lane, M, N);
+      break;
+    case static_cast<int>(Int8OutDtype::kFloat16):
+      dequant_tile<static_cast<int>(Int8OutDtype::kFloat16)>(p, acc, row0, col0, lane, M, N);
+      break;
+    default:  // kFloat32 (the launcher rejects anything else)
+      dequant_tile<static_cast<int>(Int8OutDtype::kFloat32)>(p, acc, row0, col0, lane, M, N);
+      break;
+  }
+}
+
+// ---- the kernel -----------------------------------------------------------------------------
+// grid.x walks M tiles (fastest, so CTAs in flight together share Bt tiles in L2), grid.y N tiles.
+// Epi: Int32Store or DequantStore (the store_tile overload the epilogue calls).
+template <class Cfg, class Epi>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    int8_gemm_tn_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ Bt, int M, int N,
+                        int K, int64_t lda, int64_t ldb, const Epi epi) {
+  constexpr int BK = Cfg::BK, STAGES = Cfg::STAGES, CH = Cfg::kChunks;
+  constexpr int MT = Cfg::kMTiles, NT = Cfg::kNTiles;
+
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t smem_base = smem_u32(smem);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int m0 = blockIdx.x * Cfg::BM;
+  const int n0 = blockIdx.y * Cfg::BN;
+
+  // ---- copy assignment, fixed across K slices: copy j of this thread moves chunk `ld_chunk` of
+  // tile row (tid + j * kThreads) / CH. Rows outside M (N) and chunks at k >= K are zero-filled.
+  const int ld_chunk = tid % CH;
+  const int8_t* a_src[Cfg::kLoadsA];
+  uint32_t a_dst[Cfg::kLoadsA];
+  bool a_ok[Cfg::kLoadsA];
+#pragma unroll
+  for (int j = 0; j < Cfg::kLoadsA; ++j) {
+    const int r = (tid + j * Cfg::kThreads) / CH;
+    a_ok[j] = m0 + r < M;
+    a_src[j] = a_ok[j] ? A + static_cast<int64_t>(m0 + r) * lda + ld_chunk * 16 : A;
+    a_dst[j] = tile_offset<BK>(r, ld_chunk);
+  }
+  const int8_t* b_src[Cfg::kLoadsB];
+  uint32_t b_dst[Cfg::kLoadsB];
+  bool b_ok[Cfg::kLoadsB];
+#pragma unroll
+  for (int j = 0; j < Cfg::kLoadsB; ++j) {
+    const int r = (tid + j * Cfg::kThreads) / CH;
+    b_ok[j] = n0 + r < N;
+    b_src[j] = b_ok[j] ? Bt + static_cast<int64_t>(n0 + r) * ldb + ld_chunk * 16 : Bt;
+    b_dst[j] = Cfg::kStageBytesA + tile_offset<BK>(r, ld_chunk);
+  }
+
+  // Issue the copies of K slice kt into pipeline stage `stage`.
+  auto load_slice = [&](int stage, int kt) {
+    const int k0 = kt * BK;
+    const bool k_ok = k0 + ld_chunk * 16 < K;  // K % 16 == 0: a chunk is all in or all out
+    const uint32_t s = smem_base + stage * Cfg::kStageBytes;
+#pragma unroll
+    for (int j = 0; j < Cfg::kLoadsA; ++j) {
+      const bool ok = a_ok[j] && k_ok;
+      cp_async_16(s + a_dst[j], ok ? a_src[j] + k0 : A, !ok);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kLoadsB; ++j) {
+      const bool ok = b_ok[j] && k_ok;
+      cp_async_16(s + b_dst[j], ok ? b_src[j] + k0 : Bt, !ok);
+    }
+  };
+
+  // ---- warp tile and ldmatrix lane addressing (see the header comment)
+  const int warp_m = warp % Cfg::WARPS_M;
+  const int warp_n = warp / Cfg::WARPS_M;
+  const int wm0 = warp_m * Cfg::kWarpM;
+  const int wn0 = warp_n * Cfg::kWarpN;
+  const int a_row = wm0 + (lane & 15);                  // + 16 * mi
+  const int a_csel = lane >> 4;                         // chunk 2*ks + a_csel
+  const int b_row = wn0 + (lane & 7) + ((lane >> 4) << 3);  // + 16 * pair
+  const int b_csel = (lane >> 3) & 1;                   // chunk 2*ks + b_csel
+  const uint32_t a_row_off = static_cast<uint32_t>(a_row * BK);
+  const uint32_t b_row_off = static_cast<uint32_t>(Cfg::kStageBytesA + b_row * BK);
+  const int a_swz = swz<BK>(a_row);
+  const int b_swz = swz<BK>(b_row);
+
+  int32_t acc[MT][NT][4];
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0;
+
+  // ---- pipeline. Group accounting: the prologue commits STAGES-1 groups (slices 0..STAGES-2,
+  // empty groups past the end), every iteration commits exactly one more (slice kt+STAGES-1, or
+  // empty). At the top of iteration kt, STAGES-1+kt groups are committed; wait_group(STAGES-2)
+  // leaves at most STAGES-2 pending, so groups 0..kt, i.e. slice kt, have landed for this
+  // thread; the barrier makes every thread's copies visible. The barrier also proves all warps
+  // finished computing slice kt-1, whose stage (kt-1) % STAGES == (kt+STAGES-1) % STAGES is the
+  // one refilled right after it.
+  const int num_kt = (K + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_kt) load_slice(s, s);
+    cp_async_commit();
+  }
+
+  for (int kt = 0; kt < num_kt; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int next = kt + STAGES - 1;
+      if (next < num_kt) load_slice(next % STAGES, next);
+      cp_async_commit();
+    }
+
+    const uint32_t s = smem_base + (kt % STAGES) * Cfg::kStageBytes;
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kKSteps; ++ks) {
+      uint32_t af[MT][4];
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+        const uint32_t addr =
+            s + a_row_off + mi * 16 * BK + (((2 * ks + a_csel) ^ a_swz) << 4);
+        ldsm_x4(addr, af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
+      }
+#pragma unroll
+      for (int p = 0; p < NT / 2; ++p) {
+        const uint32_t addr = s + b_row_off + p * 16 * BK + (((2 * ks + b_csel) ^ b_swz) << 4);
+        ldsm_x4(addr, bf[2 * p][0], bf[2 * p][1], bf[2 * p + 1][0], bf[2 * p + 1][1]);
+      }
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NT; ++ni) mma_s8_16832(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+    }
+  }
+  cp_async_wait<0>();  // only empty groups can remain; drain them before the CTA may exit
+
+  // ---- epilogue: c[0], c[1] -> row g, cols 2t, 2t+1; c[2], c[3] -> row g+8, same cols.
+  store_tile(epi, acc, m0 + wm0, n0 + wn0, lane, M, N);
+}
+
+template <class Cfg, class Epi>
+cudaError_t launch(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64_t lda,
+                   int64_t ldb, const Epi& epi, cudaStream_t stream) {
+  const unsigned grid_m = static_cast<unsigned>((M + Cfg::BM - 1) / Cfg::BM);
+  const unsigned grid_n = static_cast<unsigned>((N + Cfg::BN - 1) / Cfg::BN);
+  if (grid_n > 65535u) return cudaErrorInvalidValue;
+  auto* kernel = &int8_gemm_tn_kernel<Cfg, Epi>;
+  if (Cfg::kSmemBytes > 48 * 1024) {
+    // Per device and cheap; set on every launch so a new device / context needs no bookkeeping.
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<dim3(grid_m, grid_n, 1), dim3(Cfg::kThreads, 1, 1), Cfg::kSmemBytes, stream>>>(
+      A, Bt, M, N, K, lda, ldb, epi);
+  return cudaGetLastError();
+}
+
+template <class Epi>
+cudaError_t launch_for_m(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64_t lda,
+                         int64_t ldb, const Epi& epi, cudaStream_t stream) {
+  if (M <= kSmallMaxM) return launch<SmallConfig>(A, Bt, M, N, K, lda, ldb, epi, stream);
+  return launch<BigConfig>(A, Bt, M, N, K, lda, ldb, epi, stream);
+}
+
+// The A / Bt / size preconditions both entry points share. cudaSuccess with *nothing = true:
+// valid and empty (M == 0 or N == 0), launch nothing.
+cudaError_t check_gemm_args(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64_t lda,
+                            int64_t ldb, bool* nothing) {
+  *nothing = false;
+  if (M < 0 || N < 0 || K < 0) return cudaErrorInvalidValue;
+  // Row indices are formed as m0 + r in int; keep them clear of overflow.
+  if (M > INT32_MAX - 256 || N > INT32_MAX - 256) return cudaErrorInvalidValue;
+  if (M == 0 || N == 0) {
+    *nothing = true;
+    return cudaSuccess;
+  }
+  if ((N + 31) / 32 > 65535) return cudaErrorInvalidValue;  // grid.y limit for the N = 32 tiles
+  if (A == nullptr || Bt == nullptr) return cudaErrorInvalidValue;
+  if (K % 16 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < 0 || ldb < 0)
+    return cudaErrorInvalidValue;
+  if ((reinterpret_cast<uintptr_t>(A) & 15) != 0 || (reinterpret_cast<uintptr_t>(Bt) & 15) != 0)
+    return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t int8_gemm_tn(const int8_t* A, const int8_t* Bt, int32_t* C, int M, int N, int K,
+                         int64_t lda, int64_t ldb, int64_t ldc, cudaStream_t stream) {
+  bool nothing = false;
+  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  if (e != cudaSuccess || nothing) return e;
+  if (C == nullptr || (reinterpret_cast<uintptr_t>(C) & 3) != 0) return cudaErrorInvalidValue;
+  if (M > 1 && ldc < N) return cudaErrorInvalidValue;  // rows of C would overlap
+
+  return launch_for_m(A, Bt, M, N, K, lda, ldb, Int32Store{C, ldc}, stream);
+}
+
+cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
+                                 Int8OutDtype out_dtype, const float* x_scale,
+                                 const float* w_scale, const float* bias, int M, int N, int K,
+                                 int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream) {
+  bool nothing = false;
+  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  if (e != cudaSuccess || nothing) return e;
+  size_t elem = 0;
+  switch (out_dtype) {
+    case Int8OutDtype::kFloat32: elem = 4; break;
+    case Int8OutDtype::kBFloat16:
+    case Int8OutDtype::kFloat16: elem = 2; break;
+    default: return cudaErrorInvalidValue;
+  }
+  if (out == nullptr || reinterpret_cast<uintptr_t>(out) % elem != 0) return cudaErrorInvalidValue;
+  if (x_scale == nullptr || w_scale == nullptr) return cudaErrorInvalidValue;
+  if ((reinterpret_cast<uintptr_t>(x_scale) & 3) != 0 ||
+      (reinterpret_cast<uintptr_t>(w_scale) & 3) != 0 ||
+      (reinterpret_cast<uintptr_t>(bias) & 3) != 0)
+    return cudaErrorInvalidValue;
+  if (M > 1 && ldo < N) return cudaErrorInvalidValue;  // rows of out would overlap
+
+  const DequantStore epi{out, x_scale, w_scale, bias, ldo, static_cast<int>(out_dtype)};
+  return launch_for_m(A, Bt, M, N, K, lda, ldb, epi, stream);
+}
+
+}  // namespace compress
