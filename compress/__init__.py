@@ -11,7 +11,8 @@ from compress import nn  # noqa: E402,F401
 from compress.pruning import GradualPruner, distill_loss, prune, sparsity_of  # noqa: E402
 from compress.quantize import quantize  # noqa: E402
 from compress.report import Report  # noqa: E402
+from compress.serialization import load, save  # noqa: E402
 from compress.sparsify import sparsify  # noqa: E402
 
-__all__ = ["GradualPruner", "Report", "distill_loss", "nn", "ops", "prune", "quantize", "sparsify",
+__all__ = ["GradualPruner", "Report", "distill_loss", "load", "nn", "ops", "prune", "quantize", "save", "sparsify",
            "sparsity_of", "__version__"]
