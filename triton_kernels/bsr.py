@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import dot_in_f32, linear_out, on_device
 
 
 @triton.jit
@@ -48,26 +49,16 @@ def bsr_linear(x, crow, col, values, out_features, bias) -> torch.Tensor:
     """x [M, K] (any strides); crow/col/values as compress.formats.BSR; -> [M, out_features] in x.dtype."""
     M, K = x.shape
     N = out_features
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
+    out, bias, done = linear_out(x, N, bias)
+    if done:
         return out
     bn, bk = values.shape[1], values.shape[2]
-    bias = None if bias is None else bias.float().contiguous()
     values = values.contiguous()
     block_m = 16 if M <= 16 or triton_interpreted() else 64
     grid = (crow.shape[0] - 1, triton.cdiv(M, block_m))
-    flags = {"HAS_BIAS": bias is not None,
-             "DOT_F32": x.dtype == torch.float32 or (triton_interpreted() and x.dtype == torch.bfloat16)}
-    with torch.cuda.device(x.device) if x.is_cuda else _NoDevice():
+    flags = {"HAS_BIAS": bias is not None, "DOT_F32": dot_in_f32(x)}
+    with on_device(x):
         _bsr_linear_kernel[grid](x, crow, col, values, bias if bias is not None else values, out, M, N, K,
                                  x.stride(0), x.stride(1), out.stride(0), BN=bn, BK=bk, **flags, BLOCK_M=block_m,
                                  TILE_N=max(16, triton.next_power_of_2(bn)), TILE_K=max(16, triton.next_power_of_2(bk)))
     return out
-
-
-class _NoDevice:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.triton_kernels.bsr import _NoDevice
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import linear_out, on_device
 
 
 @triton.jit
@@ -41,13 +41,12 @@ def csr_linear(x, crow, col, values, out_features, bias) -> torch.Tensor:
     """x [M, K] (any strides); crow/col/values as compress.formats.CSR; -> [M, out_features] in x.dtype."""
     M, K = x.shape
     N = out_features
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
+    out, bias, done = linear_out(x, N, bias)
+    if done:
         return out
-    bias = None if bias is None else bias.float().contiguous()
     block_m = min(16, triton.next_power_of_2(M))
     grid = (N, triton.cdiv(M, block_m))
-    with torch.cuda.device(x.device) if x.is_cuda else _NoDevice():
+    with on_device(x):
         _csr_linear_kernel[grid](x, crow, col, values, bias if bias is not None else values, out, M, N,
                                  x.stride(0), x.stride(1), out.stride(0), HAS_BIAS=bias is not None,
                                  BLOCK_M=block_m, BLOCK_NNZ=16 if triton_interpreted() else 128)

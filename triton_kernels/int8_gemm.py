@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import linear_out, on_device
 
 
 def _configs():
@@ -95,7 +96,7 @@ def _launch(a, b, c, x_scale=None, w_scale=None, bias=None):
     if triton_interpreted():
         _int8_gemm_kernel.fn[grid](*args, **flags, **_INTERPRET_META)
     else:
-        with torch.cuda.device(a.device):
+        with on_device(a):
             _int8_gemm_kernel[grid](*args, **flags)
     return c
 
@@ -118,13 +119,8 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def int8_linear(qx, x_scale, qw, w_scale, bias, out_dtype) -> torch.Tensor:
     """qx int8 [M, K], x_scale float32 [M], qw int8 [N, K], w_scale float32 [N], bias [N] or None
     -> out_dtype [M, N] contiguous. Checked by the caller (compress.ops)."""
-    M, K = qx.shape
     N = qw.shape[0]
-    out = torch.empty((M, N), dtype=out_dtype, device=qx.device)
-    if M == 0 or N == 0:
-        return out
-    bias = None if bias is None else bias.float().contiguous()
-    if K == 0:  # no products: the epilogue of a zero accumulator
-        out.copy_(bias.expand(M, N) if bias is not None else torch.zeros((), device=qx.device))
+    out, bias, done = linear_out(qx, N, bias, out_dtype)  # K == 0: the epilogue of a zero accumulator
+    if done:
         return out
     return _launch(qx, qw.t(), out, x_scale.contiguous(), w_scale.contiguous(), bias)

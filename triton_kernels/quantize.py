@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import on_device
 
 # Adding then subtracting 1.5 * 2^23 rounds a float32 |v| < 2^22 to the nearest integer, ties to
 # even (the FPU's rounding mode), exactly like torch.round; portable to the interpreter, unlike libdevice.
@@ -54,15 +55,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x2.contiguous()
     R = x2.shape[0]
     block = min(triton.next_power_of_2(K), 16 if triton_interpreted() else 4096)
-    with torch.cuda.device(x.device) if x.is_cuda else _nullcontext():
+    with on_device(x):
         _quantize_per_token_kernel[(R,)](x2, q, scale, K, x2.stride(0), BLOCK_K=block,
                                          num_warps=4 if block >= 1024 else 1)
     return q, scale
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import dot_in_f32, linear_out, on_device
 
 
 def _configs():
@@ -57,19 +58,13 @@ def sparse24_linear(x, values, meta, bias) -> torch.Tensor:
     """x [M, K] (any strides), values [N, K/2], meta uint8 [N, K/4], bias [N] or None -> [M, N] in x.dtype."""
     M, K = x.shape
     N = values.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return out
-    bias = None if bias is None else bias.float().contiguous()
-    if K == 0:
-        out.copy_(bias.expand(M, N) if bias is not None else torch.zeros((), device=x.device))
+    out, bias, done = linear_out(x, N, bias)
+    if done:
         return out
     values, meta = values.contiguous(), meta.contiguous()
     args = (x, values, meta, bias if bias is not None else values, out, M, N, K, triton.next_power_of_2(M),
             x.stride(0), x.stride(1), values.stride(0), meta.stride(0), out.stride(0))
-    # float32 x: IEEE float32 dots; the interpreter's bf16 dot is broken (see w8a16.py), so there bf16 too
-    flags = {"HAS_BIAS": bias is not None,
-             "DOT_F32": x.dtype == torch.float32 or (triton_interpreted() and x.dtype == torch.bfloat16)}
+    flags = {"HAS_BIAS": bias is not None, "DOT_F32": dot_in_f32(x)}
 
     def grid(meta_):
         return (triton.cdiv(N, meta_["BLOCK_N"]), triton.cdiv(M, meta_["BLOCK_M"]))
@@ -77,6 +72,6 @@ def sparse24_linear(x, values, meta, bias) -> torch.Tensor:
     if triton_interpreted():
         _sparse24_linear_kernel.fn[grid](*args, **flags, BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
     else:
-        with torch.cuda.device(x.device):
+        with on_device(x):
             _sparse24_linear_kernel[grid](*args, **flags)
     return out

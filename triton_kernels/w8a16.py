@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
+from compress.triton_kernels._launch import dot_in_f32, linear_out, on_device
 
 
 def _configs():
@@ -61,12 +62,8 @@ def w8a16_linear(x, qw, w_scale, bias) -> torch.Tensor:
     Any strides. Checked by the caller (compress.ops)."""
     M, K = x.shape
     N = qw.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return out
-    bias = None if bias is None else bias.float().contiguous()
-    if K == 0:
-        out.copy_(bias.expand(M, N) if bias is not None else torch.zeros((), device=x.device))
+    out, bias, done = linear_out(x, N, bias)
+    if done:
         return out
     w_scale = w_scale.contiguous()
 
@@ -75,14 +72,10 @@ def w8a16_linear(x, qw, w_scale, bias) -> torch.Tensor:
 
     args = (x, qw, w_scale, bias if bias is not None else w_scale, out, M, N, K, triton.next_power_of_2(M),
             x.stride(0), x.stride(1), qw.stride(0), qw.stride(1), out.stride(0))
-    # float32 x: IEEE float32 dots (no TF32). Triton 3.8's interpreter computes bf16 dots wrongly
-    # (garbage of order 1e10), so under it bf16 x also takes the float32 dot; the GPU path keeps
-    # the bf16 tensor-core dot.
-    dot_f32 = x.dtype == torch.float32 or (triton_interpreted() and x.dtype == torch.bfloat16)
-    flags = {"HAS_BIAS": bias is not None, "DOT_F32": dot_f32}
+    flags = {"HAS_BIAS": bias is not None, "DOT_F32": dot_in_f32(x)}
     if triton_interpreted():
         _w8a16_linear_kernel.fn[grid](*args, **flags, **_INTERPRET_META)
     else:
-        with torch.cuda.device(x.device):
+        with on_device(x):
             _w8a16_linear_kernel[grid](*args, **flags)
     return out
