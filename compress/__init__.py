@@ -13,6 +13,7 @@ from compress.quantize import quantize  # noqa: E402
 from compress.report import Report  # noqa: E402
 from compress.serialization import load, save  # noqa: E402
 from compress.sparsify import sparsify  # noqa: E402
+from compress.fuse_rnn import fuse_rnn  # noqa: E402
 
-__all__ = ["GradualPruner", "Report", "distill_loss", "load", "nn", "ops", "prune", "quantize", "save", "sparsify",
+__all__ = ["GradualPruner", "Report", "distill_loss", "fuse_rnn", "load", "nn", "ops", "prune", "quantize", "save", "sparsify",
            "sparsity_of", "__version__"]

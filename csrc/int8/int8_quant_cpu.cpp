@@ -2,14 +2,13 @@
 // exact semantics: compress/ops/int8.py).
 //
 // quantize_per_token: one pass for the absmax, one to quantize, per row; rows split across
-//   threads. Bit-identical to the reference: IEEE float32 division (vdivps / operator/), round
+//   threads (cpu_parallel.h). Bit-identical to the reference: IEEE float32 division (vdivps / operator/), round
 //   half to even (roundscale / nearbyint in the default rounding mode), NaN handled as the
 //   reference does (a NaN row gets scale 1; a NaN quotient becomes 0).
 // w8a16_linear: out[m, n] = (sum_k x[m, k] * qw[n, k]) * w_scale[n] + bias[n], float32
 //   accumulation. Output rows n are split across threads; for each n, the int8 weight row is
 //   widened to float32 16 at a time and multiplied into up to 8 rows of x at once, so each weight
 //   byte is read once per 8 rows (the small-M case is weight-bandwidth bound).
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
@@ -27,6 +26,7 @@
 
 #include "common.h"
 #include "cpu_features.h"
+#include "cpu_parallel.h"
 
 namespace compress {
 namespace {
@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
 #if defined(__x86_64__)
   const bool vec = active_cpu_isa() == CpuIsa::Avx512Vnni;  // the AVX-512 level of cpu_features
 #endif
-  at::parallel_for(0, R, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
+  parallel_range(R, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
     std::vector<float> row(K);
     for (int64_t r = r0; r < r1; ++r) {
       row_to_float(x2, r, row.data());
@@ -227,7 +227,7 @@ at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at:
 #if defined(__x86_64__)
   const bool vec = active_cpu_isa() == CpuIsa::Avx512Vnni;
 #endif
-  at::parallel_for(0, N, std::max<int64_t>(1, 65536 / std::max<int64_t>(K * M, 1)), [&](int64_t n0, int64_t n1) {
+  parallel_range(N, std::max<int64_t>(1, 65536 / std::max<int64_t>(K * M, 1)), [&](int64_t n0, int64_t n1) {
     float acc[kRows];
     const float* rows[kRows];
     for (int64_t n = n0; n < n1; ++n) {

@@ -1,0 +1,346 @@
+"""Whole-sequence LSTM / GRU recurrence ops: schemas, checks, references, fakes, autograd, backends.
+
+The module (compress.nn.rnn) does the input projection of all timesteps as one GEMM and hands its
+result `xg` to one op call per layer and direction; the op runs all T steps (recurrent matmul,
+gates, nonlinearities, state update) without returning to Python.
+
+Shapes: T timesteps, B batch rows, H hidden units, P the recurrent state width (LSTM proj_size,
+else P = H). Gate order as torch: LSTM i, f, g, o; GRU r, z, n.
+
+Numerics: xg, states and weights share one float dtype (float32, bfloat16, float16); every backend
+computes the gates and carries h and c in float32 across steps, and rounds y, h_n, c_n to that dtype
+at the end (nn.LSTM in bf16 rounds the state every step instead).
+
+Variable lengths (PackedSequence): with `lengths` (int64 [B]), step t is active for row b iff
+t < lengths[b]. An inactive step leaves b's state unchanged and writes y[t, b] = 0, so with
+reverse=True row b starts from its own last valid step, as nn.LSTM does for packed input.
+
+Autograd: every backend's forward shares one backward (`_lstm_layer_backward`, `_gru_layer_backward`):
+plain-PyTorch backpropagation through time that first recomputes the forward's gate activations
+in float32 (nothing but the inputs is saved). The reference needs no registration: autograd runs
+through its own loop.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from compress.ops import _backend
+from compress.ops._lib import lib
+from compress.ops.int8 import _FLOAT_DTYPES, _check_same_device, _check_tensor
+
+# ---------------------------------------------------------------------------------------------
+# lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse) -> (y, h_n, c_n)
+#   xg   [T, B, 4H]  x_t @ W_ih^T + b_ih + b_hh for every t (any strides)
+#   h0   [B, P], c0 [B, H]; w_hh [4H, P]; w_hr [P, H] (proj_size) or None (then P = H)
+#   lengths int64 [B] or None (all rows run T steps); reverse: t runs T-1 .. 0
+#   y    [T, B, P] (h_t of every step; 0 where inactive), h_n [B, P], c_n [B, H]
+# Step: g = xg_t + h @ w_hh^T; i, f, o = sigmoid; g = tanh; c = f*c + i*g; h = o*tanh(c) [@ w_hr^T]
+
+lib.define("lstm_layer(Tensor xg, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
+           "bool reverse) -> (Tensor, Tensor, Tensor)")
+
+# gru_layer(xg, h0, w_hh, b_hh, lengths, reverse) -> (y, h_n)
+#   xg   [T, B, 3H]  x_t @ W_ih^T + b_ih; h0 [B, H]; w_hh [3H, H]; b_hh [3H] or None
+#   y    [T, B, H], h_n [B, H]
+# Step: a = h @ w_hh^T + b_hh; r = sigmoid(xr + ar); z = sigmoid(xz + az); n = tanh(xn + r * an);
+#       h = (1 - z) * n + z * h       (b_hh stays apart from xg because r multiplies b_hn)
+
+lib.define("gru_layer(Tensor xg, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool reverse) "
+           "-> (Tensor, Tensor)")
+
+
+def _check_shape(op, name, t, shape, what):
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: expected `{name}` of shape {tuple(shape)} ({what}), got {tuple(t.shape)}")
+
+
+def _check_lengths(op, lengths, B):
+    if lengths is not None:
+        _check_tensor(op, "lengths", lengths, (torch.int64,), 1)
+        _check_shape(op, "lengths", lengths, (B,), "one length per batch row")
+
+
+def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse) -> None:
+    op = "lstm_layer"
+    _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
+    same = (xg.dtype,)
+    _check_tensor(op, "h0", h0, same, 2)
+    _check_tensor(op, "c0", c0, same, 2)
+    _check_tensor(op, "w_hh", w_hh, same, 2)
+    if w_hr is not None:
+        _check_tensor(op, "w_hr", w_hr, same, 2)
+    _check_same_device(op, "xg", xg, h0=h0, c0=c0, w_hh=w_hh, w_hr=w_hr, lengths=lengths)
+    T, B, G = xg.shape
+    if G % 4:
+        raise ValueError(f"{op}: expected `xg` to be [T, B, 4H] (4 gates), got last dim {G}, not divisible by 4")
+    H = G // 4
+    P = w_hr.shape[0] if w_hr is not None else H
+    if w_hr is not None:
+        _check_shape(op, "w_hr", w_hr, (P, H), f"[P, H] with H = xg.shape[2] / 4 = {H}")
+    _check_shape(op, "w_hh", w_hh, (4 * H, P), f"[4H, P] with H = {H}, P = {P}")
+    _check_shape(op, "h0", h0, (B, P), f"[B, P] with B = xg.shape[1] = {B}")
+    _check_shape(op, "c0", c0, (B, H), f"[B, H] with B = {B}, H = {H}")
+    _check_lengths(op, lengths, B)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
+
+
+def check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse) -> None:
+    op = "gru_layer"
+    _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
+    same = (xg.dtype,)
+    _check_tensor(op, "h0", h0, same, 2)
+    _check_tensor(op, "w_hh", w_hh, same, 2)
+    if b_hh is not None:
+        _check_tensor(op, "b_hh", b_hh, same, 1)
+    _check_same_device(op, "xg", xg, h0=h0, w_hh=w_hh, b_hh=b_hh, lengths=lengths)
+    T, B, G = xg.shape
+    if G % 3:
+        raise ValueError(f"{op}: expected `xg` to be [T, B, 3H] (3 gates), got last dim {G}, not divisible by 3")
+    H = G // 3
+    _check_shape(op, "w_hh", w_hh, (3 * H, H), f"[3H, H] with H = xg.shape[2] / 3 = {H}")
+    if b_hh is not None:
+        _check_shape(op, "b_hh", b_hh, (3 * H,), f"[3H] with H = {H}")
+    _check_shape(op, "h0", h0, (B, H), f"[B, H] with B = xg.shape[1] = {B}")
+    _check_lengths(op, lengths, B)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
+
+
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _active(lengths, t):
+    return None if lengths is None else (t < lengths).unsqueeze(1)  # [B, 1]
+
+
+def lstm_layer_reference(xg, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False):
+    """Plain PyTorch, one step at a time, float32 gate math; differentiable (autograd runs through it)."""
+    check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    T, B = xg.shape[:2]
+    h, c = h0.float(), c0.float()
+    w, wr = w_hh.float(), (w_hr.float() if w_hr is not None else None)
+    ys = [None] * T
+    for t in _steps(T, reverse):
+        i, f, g, o = (xg[t].float() + h @ w.t()).chunk(4, 1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        if wr is not None:
+            h_new = h_new @ wr.t()
+        m = _active(lengths, t)
+        if m is None:
+            c, h, ys[t] = c_new, h_new, h_new
+        else:
+            c, h, ys[t] = torch.where(m, c_new, c), torch.where(m, h_new, h), torch.where(m, h_new, 0.0)
+    y = torch.stack(ys) if T else xg.new_empty((0, B, h0.shape[1]), dtype=torch.float32)
+    return y.to(xg.dtype), h.to(xg.dtype, copy=True), c.to(xg.dtype, copy=True)
+
+
+def gru_layer_reference(xg, h0, w_hh, b_hh=None, lengths=None, reverse=False):
+    """Plain PyTorch, one step at a time, float32 gate math; differentiable (autograd runs through it)."""
+    check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
+    T, B = xg.shape[:2]
+    h = h0.float()
+    w = w_hh.float()
+    b = b_hh.float() if b_hh is not None else None
+    ys = [None] * T
+    for t in _steps(T, reverse):
+        xr, xz, xn = xg[t].float().chunk(3, 1)
+        a = h @ w.t() if b is None else torch.addmm(b, h, w.t())
+        ar, az, an = a.chunk(3, 1)
+        r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
+        n = torch.tanh(xn + r * an)
+        h_new = (1 - z) * n + z * h
+        m = _active(lengths, t)
+        if m is None:
+            h, ys[t] = h_new, h_new
+        else:
+            h, ys[t] = torch.where(m, h_new, h), torch.where(m, h_new, 0.0)
+    y = torch.stack(ys) if T else xg.new_empty((0, B, h0.shape[1]), dtype=torch.float32)
+    return y.to(xg.dtype), h.to(xg.dtype, copy=True)
+
+
+def _lstm_layer_fake(xg, h0, c0, w_hh, w_hr, lengths, reverse):
+    check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    T, B = xg.shape[:2]
+    return xg.new_empty((T, B, h0.shape[1])), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
+
+def _gru_layer_fake(xg, h0, w_hh, b_hh, lengths, reverse):
+    check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
+    T, B = xg.shape[:2]
+    return xg.new_empty((T, B, h0.shape[1])), h0.new_empty(h0.shape)
+
+
+torch.library.register_fake("compress::lstm_layer", _lstm_layer_fake, lib=lib)
+torch.library.register_fake("compress::gru_layer", _gru_layer_fake, lib=lib)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: backpropagation through time in plain PyTorch, float32, after recomputing the forward.
+
+def _zeros_if_none(g, like):
+    return torch.zeros(like.shape, dtype=torch.float32, device=like.device) if g is None else g.float()
+
+
+def _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse):
+    T, B = xg.shape[:2]
+    w = w_hh.float()
+    wr = w_hr.float() if w_hr is not None else None
+    # Forward again, keeping what each step's derivative needs.
+    h, c = h0.float(), c0.float()
+    saved = [None] * T
+    for t in _steps(T, reverse):
+        gi, gf, gg, go = (xg[t].float() + h @ w.t()).chunk(4, 1)
+        i, f, g, o = torch.sigmoid(gi), torch.sigmoid(gf), torch.tanh(gg), torch.sigmoid(go)
+        c_new = f * c + i * g
+        tc = torch.tanh(c_new)
+        hh = o * tc
+        h_new = hh @ wr.t() if wr is not None else hh
+        m = _active(lengths, t)
+        saved[t] = (h, c, i, f, g, o, tc, hh, m)
+        c, h = (c_new, h_new) if m is None else (torch.where(m, c_new, c), torch.where(m, h_new, h))
+    dy = _zeros_if_none(dy, torch.empty(T, B, h0.shape[1], device=xg.device))
+    dh, dc = _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
+    dxg = torch.empty(xg.shape, dtype=torch.float32, device=xg.device)
+    dw = torch.zeros_like(w)
+    dwr = torch.zeros_like(wr) if wr is not None else None
+    for t in _steps(T, not reverse):
+        h_prev, c_prev, i, f, g, o, tc, hh, m = saved[t]
+        dh_new, dc_new = dh + dy[t], dc
+        if m is not None:  # an inactive step passes the state (and its gradient) through
+            dh_new, dc_new = torch.where(m, dh_new, 0.0), torch.where(m, dc, 0.0)
+            dh_keep, dc_keep = torch.where(m, 0.0, dh), torch.where(m, 0.0, dc)
+        if wr is not None:
+            dwr += dh_new.t() @ hh
+            dh_new = dh_new @ wr
+        do = dh_new * tc
+        dcs = dc_new + dh_new * o * (1 - tc * tc)
+        dgates = torch.cat([dcs * g * i * (1 - i), dcs * c_prev * f * (1 - f), dcs * i * (1 - g * g),
+                            do * o * (1 - o)], 1)
+        dxg[t] = dgates
+        dw += dgates.t() @ h_prev
+        dh, dc = dgates @ w, dcs * f
+        if m is not None:
+            dh, dc = dh + dh_keep, dc + dc_keep
+    return (dxg.to(xg.dtype), dh.to(h0.dtype), dc.to(c0.dtype), dw.to(w_hh.dtype),
+            dwr.to(w_hr.dtype) if w_hr is not None else None)
+
+
+def _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
+    T, B = xg.shape[:2]
+    w = w_hh.float()
+    b = b_hh.float() if b_hh is not None else None
+    h = h0.float()
+    saved = [None] * T
+    for t in _steps(T, reverse):
+        xr, xz, xn = xg[t].float().chunk(3, 1)
+        a = h @ w.t() if b is None else torch.addmm(b, h, w.t())
+        ar, az, an = a.chunk(3, 1)
+        r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
+        n = torch.tanh(xn + r * an)
+        h_new = (1 - z) * n + z * h
+        m = _active(lengths, t)
+        saved[t] = (h, r, z, n, an, m)
+        h = h_new if m is None else torch.where(m, h_new, h)
+    dy = _zeros_if_none(dy, torch.empty(T, B, h0.shape[1], device=xg.device))
+    dh = _zeros_if_none(dh_n, h0)
+    dxg = torch.empty(xg.shape, dtype=torch.float32, device=xg.device)
+    dw = torch.zeros_like(w)
+    db = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
+    for t in _steps(T, not reverse):
+        h_prev, r, z, n, an, m = saved[t]
+        dh_new = dh + dy[t]
+        if m is not None:
+            dh_new, dh_keep = torch.where(m, dh_new, 0.0), torch.where(m, 0.0, dh)
+        dpn = dh_new * (1 - z) * (1 - n * n)          # d pre-activation of n
+        dpr = dpn * an * r * (1 - r)
+        dpz = dh_new * (h_prev - n) * z * (1 - z)
+        dxg[t] = torch.cat([dpr, dpz, dpn], 1)
+        da = torch.cat([dpr, dpz, dpn * r], 1)       # d (h @ w_hh^T + b_hh)
+        dw += da.t() @ h_prev
+        db += da.sum(0)
+        dh = da @ w + dh_new * z
+        if m is not None:
+            dh = dh + dh_keep
+    return (dxg.to(xg.dtype), dh.to(h0.dtype), dw.to(w_hh.dtype),
+            db.to(b_hh.dtype) if b_hh is not None else None)
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])
+    ctx.reverse = inputs[6]
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n):
+    xg, h0, c0, w_hh, w_hr, lengths = ctx.saved_tensors
+    grads = _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse)
+    return (*grads, None, None)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:5])
+    ctx.reverse = inputs[5]
+
+
+def _gru_backward(ctx, dy, dh_n):
+    xg, h0, w_hh, b_hh, lengths = ctx.saved_tensors
+    grads = _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, ctx.reverse)
+    return (*grads, None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton (opaque custom ops, see int8_mm_triton) and backend registration. The C++ CPU kernels
+# (csrc/rnn/) register themselves for compress::lstm_layer / compress::gru_layer.
+
+@torch.library.custom_op("compress::lstm_layer_triton", mutates_args=())
+def lstm_layer_triton(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                      lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    from compress.triton_kernels.rnn import lstm_layer as launch
+    return launch(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+@torch.library.custom_op("compress::gru_layer_triton", mutates_args=())
+def gru_layer_triton(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
+                     reverse: bool) -> tuple[Tensor, Tensor]:
+    check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
+    from compress.triton_kernels.rnn import gru_layer as launch
+    return launch(xg, h0, w_hh, b_hh, lengths, reverse)
+
+
+lstm_layer_triton.register_fake(_lstm_layer_fake)
+gru_layer_triton.register_fake(_gru_layer_fake)
+for _name in ("compress::lstm_layer", "compress::lstm_layer_triton"):
+    torch.library.register_autograd(_name, _lstm_backward, setup_context=_lstm_setup_context,
+                                    lib=lib if _name == "compress::lstm_layer" else None)
+for _name in ("compress::gru_layer", "compress::gru_layer_triton"):
+    torch.library.register_autograd(_name, _gru_backward, setup_context=_gru_setup_context,
+                                    lib=lib if _name == "compress::gru_layer" else None)
+
+_backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.default, lstm_layer_reference)
+_backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
+
+
+def lstm_layer(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor] = None,
+               lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer and direction over a whole sequence: (y [T, B, P], h_n [B, P], c_n [B, H]).
+
+    xg [T, B, 4H] = x @ W_ih^T + b_ih + b_hh; h0 [B, P]; c0 [B, H]; w_hh [4H, P]; w_hr [P, H] or
+    None; lengths int64 [B] or None; reverse runs t = T-1 .. 0. Differentiable on every backend."""
+    check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    return _backend.dispatch("lstm_layer", xg.device)(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+def gru_layer(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+              reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """One GRU layer and direction over a whole sequence: (y [T, B, H], h_n [B, H]).
+
+    xg [T, B, 3H] = x @ W_ih^T + b_ih; h0 [B, H]; w_hh [3H, H]; b_hh [3H] or None; lengths int64
+    [B] or None; reverse runs t = T-1 .. 0. Differentiable on every backend."""
+    check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
+    return _backend.dispatch("gru_layer", xg.device)(xg, h0, w_hh, b_hh, lengths, reverse)
