@@ -1,0 +1,170 @@
+// compress::csr_linear on the CPU: y [M, N] = x [M, K] @ W^T + bias, W [N, K] in CSR
+// (crow int32 [N + 1], col int32 [nnz], values [nnz] of x's dtype), float32 accumulation.
+//
+// x is transposed once into float panels xT[k][lanes] (sparse_cpu.h: tiles of up to 64 rows of
+// M, 16 / 32 / 64 lanes), so every stored weight (k, v) of row n costs one broadcast of v and one
+// FMA per 16 lanes into row n's accumulators. Values and columns are read 16 at a time: one vector
+// converts the values to float, one vector compare validates the 16 columns against K, so the
+// O(nnz) bounds check costs no extra pass over memory. Rows are split across torch's threads by
+// nnz. At small M the call streams the weights once from memory (bandwidth-bound).
+#include <torch/library.h>
+
+#include "sparse/sparse_cpu.h"
+
+namespace compress {
+namespace {
+using namespace sparse_cpu;
+
+constexpr const char* kOp = "csr_linear";
+static const int64_t PF = getenv("PF") ? atoll(getenv("PF")) : 0;
+
+template <typename T>
+struct CsrArgs {
+  const int32_t* crow;
+  const int32_t* col;
+  const T* val;
+  int64_t K;
+};
+
+#if defined(__x86_64__)
+// Rows n0 .. n0 + nr - 1 into acc[r][16 * MV]. U independent accumulator sets per row hide the
+// FMA latency (U * MV >= 4 chains).
+template <typename T, int MV>
+SPARSE_AVX512 bool csr_rows_avx512(const CsrArgs<T>& a, int64_t n0, int nr, const float* panel, float* acc) {
+  constexpr int W = 16 * MV, U = MV == 1 ? 4 : 2;
+  const __m512i kmax = _mm512_set1_epi32((int32_t)std::min<int64_t>(a.K, INT32_MAX));
+  for (int r = 0; r < nr; ++r) {
+    const int64_t e1 = a.crow[n0 + r + 1];
+    __m512 s[U][MV];
+    for (int u = 0; u < U; ++u)
+      for (int j = 0; j < MV; ++j) s[u][j] = _mm512_setzero_ps();
+    for (int64_t e = a.crow[n0 + r]; e < e1; e += 16) {
+      const int cnt = (int)std::min<int64_t>(16, e1 - e);
+      const __mmask16 m = lanes(cnt);
+      const int32_t* col = a.col + e;
+      const T* val = a.val + e;
+      // Validates the 16 columns at once (negative ones compare as huge), then reads them again
+      // as scalars from L1 for the addresses.
+      if (PF) {
+        _mm_prefetch((const char*)(col + PF), _MM_HINT_T0);
+        _mm_prefetch((const char*)(val + PF), _MM_HINT_T0);
+      }
+      if (_mm512_mask_cmpge_epu32_mask(m, _mm512_maskz_loadu_epi32(m, col), kmax)) return false;
+      const Bcast16 b(load16<T>(val, m));
+      if (cnt == 16) {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) bcast_fma<MV>(s[i % U], b[i], panel + (int64_t)col[i] * W);
+      } else {  // the row's last step: the same chains, so that it is not latency-bound
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+          if (i < cnt) bcast_fma<MV>(s[i % U], b[i], panel + (int64_t)col[i] * W);
+      }
+    }
+    for (int j = 0; j < MV; ++j) {
+      __m512 t = s[0][j];
+      for (int u = 1; u < U; ++u) t = _mm512_add_ps(t, s[u][j]);
+      _mm512_storeu_ps(acc + r * W + 16 * j, t);
+    }
+  }
+  return true;
+}
+#endif
+
+template <typename T>
+bool csr_rows_scalar(const CsrArgs<T>& a, int64_t n0, int nr, const float* panel, int64_t w, float* acc) {
+  for (int r = 0; r < nr; ++r) {
+    float* out = acc + r * w;
+    std::fill(out, out + w, 0.f);
+    for (int64_t e = a.crow[n0 + r]; e < a.crow[n0 + r + 1]; ++e) {
+      const int64_t c = a.col[e];
+      if (c < 0 || c >= a.K) return false;
+      const float v = to_f(a.val[e]);
+      const float* p = panel + c * w;
+      for (int64_t l = 0; l < w; ++l) out[l] += v * p[l];
+    }
+  }
+  return true;
+}
+
+template <typename T>
+bool csr_run(const at::Tensor& x, const CsrArgs<T>& a, int64_t N, const float* bias, at::Tensor& y) {
+  const bool avx = use_avx512();
+  const int64_t nnz = a.crow[N];
+  return run_rows<T>(x, N, a.crow, /*row_cost=*/8, nnz * x.size(0) + N, /*max_w=*/64, bias, y, avx,
+                     [&](int64_t n0, int nr, const Tile& t, float* acc) {
+#if defined(__x86_64__)
+                       if (avx) {
+                         if (t.w == 16) return csr_rows_avx512<T, 1>(a, n0, nr, t.panel, acc);
+                         if (t.w == 32) return csr_rows_avx512<T, 2>(a, n0, nr, t.panel, acc);
+                         return csr_rows_avx512<T, 4>(a, n0, nr, t.panel, acc);
+                       }
+#endif
+                       return csr_rows_scalar<T>(a, n0, nr, t.panel, t.w, acc);
+                     });
+}
+
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                          const at::Tensor& values, int64_t out_features, const c10::optional<at::Tensor>& bias_opt) {
+  // The checks and their order are check_csr_linear's (compress/ops/sparse.py).
+  COMPRESS_CHECK_DTYPE(kOp, crow, at::kInt);
+  COMPRESS_CHECK_DIM(kOp, crow, 1);
+  COMPRESS_CHECK_DTYPE(kOp, col, at::kInt);
+  COMPRESS_CHECK_DIM(kOp, col, 1);
+  check_float_tensor(kOp, "x", x, 2);
+  COMPRESS_CHECK_DTYPE(kOp, values, x.scalar_type());
+  COMPRESS_CHECK_DIM(kOp, values, 1);
+  if (bias_opt.has_value()) {
+    const at::Tensor& bias = *bias_opt;
+    check_float_tensor(kOp, "bias", bias, 1);
+    COMPRESS_CHECK(kOp, bias.size(0) == out_features, "expected `bias` to have ", out_features,
+                   " elements (out_features), got ", bias.size(0));
+    COMPRESS_CHECK_DEVICE(kOp, bias, at::kCPU);
+  }
+  COMPRESS_CHECK_DEVICE(kOp, x, at::kCPU);
+  COMPRESS_CHECK_DEVICE(kOp, crow, at::kCPU);
+  COMPRESS_CHECK_DEVICE(kOp, col, at::kCPU);
+  COMPRESS_CHECK_DEVICE(kOp, values, at::kCPU);
+  COMPRESS_CHECK(kOp, out_features >= 0, "expected `out_features` >= 0, got ", out_features);
+  COMPRESS_CHECK(kOp, crow.size(0) == out_features + 1, "expected `crow` to have ", out_features + 1,
+                 " entries for out_features = ", out_features, ", got ", crow.size(0));
+  COMPRESS_CHECK(kOp, col.size(0) == values.size(0), "expected `col` to have one entry per stored value/block (",
+                 values.size(0), "), got ", col.size(0));
+
+  const int64_t M = x.size(0), K = x.size(1), N = out_features, nnz = col.size(0);
+  const at::Tensor crow_c = crow.contiguous(), col_c = col.contiguous();
+  const int32_t* crow_p = crow_c.const_data_ptr<int32_t>();
+  const int32_t* col_p = col_c.const_data_ptr<int32_t>();
+  check_crow(kOp, crow_p, N, nnz);
+  if (M == 0 || N == 0 || K == 0 || nnz == 0) {
+    check_col(kOp, col_p, nnz, K, "in_features = x.shape[1]");
+    return bias_only(x, N, bias_opt);
+  }
+
+  const at::Tensor vals = values.contiguous();
+  const at::Tensor bias = bias_opt.has_value() ? bias_opt->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bias_p = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({M, N}, x.options());
+  bool ok = false;
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      ok = csr_run<float>(x, {crow_p, col_p, vals.const_data_ptr<float>(), K}, N, bias_p, y);
+      break;
+    case at::kBFloat16:
+      ok = csr_run<c10::BFloat16>(x, {crow_p, col_p, vals.const_data_ptr<c10::BFloat16>(), K}, N, bias_p, y);
+      break;
+    default:
+      ok = csr_run<c10::Half>(x, {crow_p, col_p, vals.const_data_ptr<c10::Half>(), K}, N, bias_p, y);
+      break;
+  }
+  if (!ok) {
+    check_col(kOp, col_p, nnz, K, "in_features = x.shape[1]");
+    TORCH_CHECK(false, kOp, ": internal error: the kernel rejected a valid `col`");
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("csr_linear", &csr_linear_cpu); }
+
+}  // namespace compress

@@ -1,0 +1,425 @@
+// Shared pieces of the sparse linear CPU kernels (csr_linear, bsr_linear, sparse24_linear):
+// input checks, crow validation, work splitting, dtype conversion, the transposed x panel and the
+// output write-back. Each piece has an AVX-512 form (compiled with a target attribute; the build
+// has no -march) and a plain C++ form for other CPUs, chosen per call by use_avx512().
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/csrc/stable/c/shim.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "cpu_features.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SPARSE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm256_undefined_si256()
+// (GCC bug 105593) wherever the conversions below are inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#endif
+
+namespace compress::sparse_cpu {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline bool use_avx512() {
+#if defined(__x86_64__)
+  return active_cpu_isa() == CpuIsa::Avx512Vnni;
+#else
+  return false;
+#endif
+}
+
+// ------------------------------------------------------------------------------------ checks
+
+// A shape as Python prints a tuple: (4, 3), (4,).
+inline std::string py_shape(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+inline bool is_float_dtype(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Python's _check_tensor(op, name, t, _FLOAT_DTYPES, dim).
+inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": expected `", name,
+                   "` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
+                   dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": expected `", name, "` to be ", dim, "-D, got ", t.dim(),
+                    "-D with shape ", t.sizes());
+}
+
+// crow [R + 1] must start at 0, end at nnz and never decrease: then every row's range
+// [crow[r], crow[r + 1]) lies inside [0, nnz). O(R), done before any kernel runs.
+inline void check_crow(const char* op, const int32_t* crow, int64_t R, int64_t nnz) {
+  COMPRESS_CHECK(op, crow[0] == 0, "expected `crow[0]` to be 0, got ", crow[0]);
+  for (int64_t r = 0; r < R; ++r)
+    COMPRESS_CHECK(op, crow[r] <= crow[r + 1], "expected `crow` to be non-decreasing, got crow[", r,
+                   "] = ", crow[r], " > crow[", r + 1, "] = ", crow[r + 1]);
+  COMPRESS_CHECK(op, crow[R] == nnz, "expected `crow[-1]` to be col.size(0) = ", nnz, ", got ", crow[R]);
+}
+
+// Raises for the first col entry outside [0, limit); kernels check col as they read it and call
+// this (serially, error path only) when they found one.
+inline void check_col(const char* op, const int32_t* col, int64_t nnz, int64_t limit, const char* what) {
+  for (int64_t i = 0; i < nnz; ++i)
+    COMPRESS_CHECK(op, col[i] >= 0 && col[i] < limit, "expected `col` entries in [0, ", limit, ") (", what,
+                   "), got col[", i, "] = ", col[i]);
+}
+
+// --------------------------------------------------------------------------- threads, memory
+
+// Runs fn(0) .. fn(n - 1) on torch's intra-op threads (torch.set_num_threads). at::parallel_for is
+// a header template whose OpenMP body only compiles under -fopenmp, which this build does not pass
+// (it would run serially); torch_parallel_for is the same loop compiled inside libtorch.
+// fn must not throw: kernels report malformed input through flags, raised after the loop.
+template <class F>
+void parallel_tasks(int64_t n, const F& fn) {
+  if (n <= 1) {
+    if (n == 1) fn(0);
+    return;
+  }
+  auto run = [](int64_t begin, int64_t end, void* ctx) {
+    for (int64_t t = begin; t < end; ++t) (*static_cast<const F*>(ctx))(t);
+  };
+  const AOTITorchError err = torch_parallel_for(0, n, 1, run, const_cast<F*>(&fn));
+  TORCH_CHECK(err == AOTI_TORCH_SUCCESS, "sparse linear: a worker thread failed");
+}
+
+// Number of tasks for `work` multiply-adds: one per thread, or one when the call is too small to
+// pay for waking the pool.
+inline int64_t task_count(int64_t work) {
+  return work < (int64_t{1} << 16) ? 1 : std::max<int64_t>(1, at::get_num_threads());
+}
+
+// Splits rows [0, R) into `parts` contiguous ranges of about equal cost, a row costing
+// (crow[r + 1] - crow[r]) + row_cost. crow must already be validated (non-decreasing).
+inline std::vector<int64_t> split_rows(const int32_t* crow, int64_t R, int64_t parts, int64_t row_cost) {
+  std::vector<int64_t> b(parts + 1, R);
+  b[0] = 0;
+  const int64_t total = crow[R] + row_cost * R;
+  for (int64_t t = 1; t < parts; ++t) {
+    const int64_t target = total * t / parts;
+    int64_t lo = b[t - 1], hi = R;  // first r with crow[r] + row_cost * r >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (crow[mid] + row_cost * mid < target) lo = mid + 1;
+      else hi = mid;
+    }
+    b[t] = lo;
+  }
+  return b;
+}
+
+// Float scratch owned by the calling thread and kept between calls (a fresh allocation costs a
+// page fault per 4 KiB on every call); above 16 MiB a temporary tensor in `holder` instead.
+inline float* scratch(int slot, int64_t n, at::Tensor& holder) {
+  if (n > (int64_t{4} << 20)) {
+    holder = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
+    return holder.data_ptr<float>();
+  }
+  thread_local std::vector<float> buf[2];
+  std::vector<float>& v = buf[slot];
+  if ((int64_t)v.size() < n + 16) v.resize(n + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+
+// ---------------------------------------------------------------------------- dtype conversion
+
+template <typename T>
+inline float to_f(T v) { return static_cast<float>(v); }
+template <typename T>
+inline T from_f(float v) { return static_cast<T>(v); }  // c10 rounds to nearest even
+
+#if defined(__x86_64__)
+// 16 elements of T (lanes outside `m` read as 0) -> 16 floats.
+template <typename T>
+SPARSE_AVX512 inline __m512 load16(const T* p, __mmask16 m);
+template <>
+SPARSE_AVX512 inline __m512 load16<float>(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+template <>
+SPARSE_AVX512 inline __m512 load16<c10::BFloat16>(const c10::BFloat16* p, __mmask16 m) {
+  const __m512i u = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+template <>
+SPARSE_AVX512 inline __m512 load16<c10::Half>(const c10::Half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// 16 floats -> T at p, lanes in `m` only; rounding to nearest even as c10 does (NaN -> quiet NaN).
+template <typename T>
+SPARSE_AVX512 inline void store16(T* p, __m512 v, __mmask16 m);
+template <>
+SPARSE_AVX512 inline void store16<float>(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+template <>
+SPARSE_AVX512 inline void store16<c10::BFloat16>(c10::BFloat16* p, __m512 v, __mmask16 m) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
+}
+template <>
+SPARSE_AVX512 inline void store16<c10::Half>(c10::Half* p, __m512 v, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+SPARSE_AVX512 inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+
+// The 16 values of a step (converted to float once) as broadcasts, from registers: 4 chunk
+// broadcasts per step, then one in-lane permute (immediate) per value. The broadcast kernels are
+// bound by load ports; broadcasting from memory instead (vbroadcastss) was measured ~25% slower
+// per stored value, float32 included, and storing the step to the stack to reload scalars
+// slower still (the narrow loads wait for the wide store).
+struct Bcast16 {
+  __m512 c[4];
+  SPARSE_AVX512 explicit Bcast16(__m512 vf) {
+    c[0] = _mm512_shuffle_f32x4(vf, vf, 0x00);
+    c[1] = _mm512_shuffle_f32x4(vf, vf, 0x55);
+    c[2] = _mm512_shuffle_f32x4(vf, vf, 0xAA);
+    c[3] = _mm512_shuffle_f32x4(vf, vf, 0xFF);
+  }
+  // i must fold to a constant (unrolled loops): the permute takes an immediate.
+  SPARSE_AVX512 __m512 operator[](int i) const {
+    switch (i & 3) {
+      case 0: return _mm512_permute_ps(c[i >> 2], 0x00);
+      case 1: return _mm512_permute_ps(c[i >> 2], 0x55);
+      case 2: return _mm512_permute_ps(c[i >> 2], 0xAA);
+      default: return _mm512_permute_ps(c[i >> 2], 0xFF);
+    }
+  }
+};
+
+// s[0 .. MV) += b * p[0 .. 16 MV): one stored weight against MV vectors of a panel row.
+template <int MV>
+SPARSE_AVX512 inline void bcast_fma(__m512* s, __m512 b, const float* p) {
+  for (int j = 0; j < MV; ++j) s[j] = _mm512_fmadd_ps(b, _mm512_loadu_ps(p + 16 * j), s[j]);
+}
+
+// In-place transpose of a 16 x 16 float block held in 16 registers.
+SPARSE_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], 128-bit chunk L: column 4L + j of rows 4i .. 4i + 3
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  __m512 o[16];
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    o[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+    o[8 + j] = _mm512_shuffle_f32x4(a, c, 0xDD);
+    o[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);
+    o[12 + j] = _mm512_shuffle_f32x4(b, d, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = o[i];
+}
+#endif
+
+// ------------------------------------------------------------------------------- the x panel
+
+// Tiles of the transposed x for the broadcast kernels (csr, 2:4): M is cut into tiles of up to
+// 64 rows; a tile of w rows (w in {16, 32, 64}: the fewest lanes that hold it) is stored as
+// panel[k][w] float, lanes >= its row count zero, so x[m0:m0 + rows, k] is w / 16 vectors.
+struct Tile {
+  int64_t m0, rows, w;
+  float* panel;  // [K][w]
+};
+
+inline std::vector<Tile> make_tiles(int64_t M, int64_t K, int64_t max_w, float* panel) {
+  std::vector<Tile> tiles;
+  for (int64_t m0 = 0; m0 < M; m0 += max_w) {
+    const int64_t rows = std::min(max_w, M - m0);
+    const int64_t w = rows <= 16 ? 16 : rows <= 32 ? 32 : 64;
+    tiles.push_back({m0, rows, w, panel});
+    panel += K * w;
+  }
+  return tiles;
+}
+
+inline int64_t panel_floats(const std::vector<Tile>& tiles, int64_t K) {
+  int64_t n = 0;
+  for (const Tile& t : tiles) n += K * t.w;
+  return n;
+}
+
+#if defined(__x86_64__)
+// panel[k][lane] = x[m0 + lane][k] for k in [k0, k1), 16 lanes from `lane0`; x rows unit-stride.
+template <typename T>
+SPARSE_AVX512 void pack_block_avx512(const T* x, int64_t s0, const Tile& t, int64_t lane0, int64_t k0, int64_t k1) {
+  const int64_t valid = std::min<int64_t>(16, t.rows - lane0);
+  for (int64_t k = k0; k < k1; k += 16) {
+    const int64_t kn = std::min<int64_t>(16, k1 - k);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < valid ? load16<T>(x + (t.m0 + lane0 + i) * s0 + k, lanes(kn)) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int c = 0; c < kn; ++c) _mm512_storeu_ps(t.panel + (k + c) * t.w + lane0, r[c]);
+  }
+}
+#endif
+
+// Fills every tile's panel from x [M, K] (strides s0, s1), in parallel over (tile, 256-k slab).
+template <typename T>
+void pack_panels(const T* x, int64_t s0, int64_t s1, int64_t K, const std::vector<Tile>& tiles, bool avx) {
+  constexpr int64_t KS = 256;
+  const int64_t slabs = ceil_div(K, KS);
+  const int64_t n = slabs * (int64_t)tiles.size();
+  int64_t work = 0;
+  for (const Tile& t : tiles) work += K * t.w;
+  auto task = [&](int64_t i) {
+    const Tile& t = tiles[i / slabs];
+    const int64_t k0 = (i % slabs) * KS, k1 = std::min(K, k0 + KS);
+#if defined(__x86_64__)
+    if (avx && s1 == 1) {
+      for (int64_t l = 0; l < t.w; l += 16) pack_block_avx512<T>(x, s0, t, l, k0, k1);
+      return;
+    }
+#endif
+    for (int64_t k = k0; k < k1; ++k) {
+      float* out = t.panel + k * t.w;
+      for (int64_t l = 0; l < t.rows; ++l) out[l] = to_f(x[(t.m0 + l) * s0 + k * s1]);
+      for (int64_t l = t.rows; l < t.w; ++l) out[l] = 0.f;
+    }
+  };
+  if (task_count(work) == 1) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+  } else {
+    parallel_tasks(n, task);
+  }
+}
+
+// ---------------------------------------------------------------------------------- write-back
+
+// Broadcast kernels leave acc[r][lane] = y[t.m0 + lane][n0 + r] (r < nr <= 16, row stride t.w);
+// this adds bias[n0 + r] (when given) and stores the tile's rows of y [M, ldy] as T.
+template <typename T>
+void store_tile_t(const float* acc, const Tile& t, int64_t n0, int nr, const float* bias, T* y, int64_t ldy,
+                  bool avx);
+
+#if defined(__x86_64__)
+template <typename T>
+SPARSE_AVX512 void store_tile_t_avx512(const float* acc, const Tile& t, int64_t n0, int nr, const float* bias,
+                                       T* y, int64_t ldy) {
+  const __mmask16 nm = lanes(nr);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(nm, bias + n0) : _mm512_setzero_ps();
+  for (int64_t l = 0; l < t.rows; l += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_loadu_ps(acc + i * t.w + l) : _mm512_setzero_ps();
+    transpose16(r);
+    const int64_t mn = std::min<int64_t>(16, t.rows - l);
+    for (int c = 0; c < mn; ++c) store16<T>(y + (t.m0 + l + c) * ldy + n0, _mm512_add_ps(r[c], b), nm);
+  }
+}
+#endif
+
+template <typename T>
+void store_tile_t(const float* acc, const Tile& t, int64_t n0, int nr, const float* bias, T* y, int64_t ldy,
+                  bool avx) {
+#if defined(__x86_64__)
+  if (avx) return store_tile_t_avx512<T>(acc, t, n0, nr, bias, y, ldy);
+#endif
+  for (int64_t l = 0; l < t.rows; ++l)
+    for (int r = 0; r < nr; ++r)
+      y[(t.m0 + l) * ldy + n0 + r] = from_f<T>(acc[r * t.w + l] + (bias ? bias[n0 + r] : 0.f));
+}
+
+// y[m][n0 + j] = T(src[m * lds + j] + bias[n0 + j]) for m < M, j < nn.
+template <typename T>
+void store_rows(const float* src, int64_t lds, int64_t M, int64_t nn, const float* bias, int64_t n0, T* y,
+                int64_t ldy, bool avx);
+
+#if defined(__x86_64__)
+template <typename T>
+SPARSE_AVX512 void store_rows_avx512(const float* src, int64_t lds, int64_t M, int64_t nn, const float* bias,
+                                     int64_t n0, T* y, int64_t ldy) {
+  for (int64_t j = 0; j < nn; j += 16) {
+    const __mmask16 m = lanes(nn - j);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + n0 + j) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < M; ++i)
+      store16<T>(y + i * ldy + n0 + j, _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + i * lds + j), b), m);
+  }
+}
+#endif
+
+template <typename T>
+void store_rows(const float* src, int64_t lds, int64_t M, int64_t nn, const float* bias, int64_t n0, T* y,
+                int64_t ldy, bool avx) {
+#if defined(__x86_64__)
+  if (avx) return store_rows_avx512<T>(src, lds, M, nn, bias, n0, y, ldy);
+#endif
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < nn; ++j) y[i * ldy + n0 + j] = from_f<T>(src[i * lds + j] + (bias ? bias[n0 + j] : 0.f));
+}
+
+// y [M, N] = bias (or zeros): the result when K = 0 or nothing is stored.
+inline at::Tensor bias_only(const at::Tensor& x, int64_t N, const c10::optional<at::Tensor>& bias) {
+  at::Tensor y = at::empty({x.size(0), N}, x.options());  // never a view of bias
+  if (bias.has_value()) return y.copy_(bias->unsqueeze(0).expand({x.size(0), N}));
+  return y.zero_();
+}
+
+// ------------------------------------------------------------------------- broadcast driver
+
+// The shared loop of csr_linear and sparse24_linear: y = x W^T with W stored row by row.
+// kern(n0, nr, tile, acc) accumulates rows n0 .. n0 + nr - 1 (nr <= 16) of W against the tile's
+// panel into acc[16][tile.w] (see store_tile_t) and returns false on a malformed entry (it stops
+// there; the caller raises). Rows are split into one range per thread by cost (stored entries +
+// row_cost per row; crow null: uniform); within a range, tiles of M outer, 16-row chunks inner.
+template <typename T, class Kern>
+bool run_rows(const at::Tensor& x, int64_t N, const int32_t* crow, int64_t row_cost, int64_t work, int64_t max_w,
+              const float* bias, at::Tensor& y, bool avx, const Kern& kern) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor holder;
+  std::vector<Tile> tiles = make_tiles(M, K, max_w, nullptr);
+  float* panel = scratch(0, panel_floats(tiles, K), holder);
+  tiles = make_tiles(M, K, max_w, panel);
+  pack_panels<T>(x.const_data_ptr<T>(), x.stride(0), x.stride(1), K, tiles, avx);
+
+  const int64_t parts = task_count(work);
+  std::vector<int64_t> bounds(parts + 1);
+  if (crow) {
+    bounds = split_rows(crow, N, parts, row_cost);
+  } else {
+    for (int64_t t = 0; t <= parts; ++t) bounds[t] = N * t / parts;
+  }
+  std::vector<char> ok(parts, 1);
+  T* yp = y.data_ptr<T>();
+  parallel_tasks(parts, [&](int64_t p) {
+    alignas(64) float acc[16 * 64];
+    for (const Tile& t : tiles)
+      for (int64_t n0 = bounds[p]; n0 < bounds[p + 1]; n0 += 16) {
+        const int nr = (int)std::min<int64_t>(16, bounds[p + 1] - n0);
+        if (!kern(n0, nr, t, acc)) {
+          ok[p] = 0;
+          return;
+        }
+        store_tile_t<T>(acc, t, n0, nr, bias, yp, N, avx);
+      }
+  });
+  return std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
+}
+
+}  // namespace compress::sparse_cpu
