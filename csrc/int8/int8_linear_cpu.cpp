@@ -1,0 +1,111 @@
+// CPU implementation of compress::int8_linear (schema and semantics: compress/ops/int8.py):
+//   out[m, n] = float32(sum_k qx[m, k] * qw[n, k]) * x_scale[m] * w_scale[n] + bias[n]
+//
+// The int32 products come from the CPU int8_mm kernel (int8_mm_cpu.cpp, reached through the
+// dispatcher, with B = qw^T read through its strides), and the dequant runs right after over
+// the int32 result, row by row on torch's threads. On the CPU this round trip is cheap: the int32
+// result is 1/K of the GEMM's work (at M = 1024, N = K = 4096: 16 MiB against 34 G multiply-adds,
+// about 1% of the time), and at small M it stays in L2. The GPU kernels fuse it in registers.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "common.h"
+#include "cpu_parallel.h"
+
+namespace compress {
+namespace {
+
+at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& b) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("compress::int8_mm", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, b);
+}
+
+template <typename T>
+void dequant_rows(const int32_t* acc, const float* xs, const float* ws, const float* bias, T* out,
+                  int64_t M, int64_t N) {
+  parallel_range(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const int32_t* a = acc + m * N;
+      T* o = out + m * N;
+      const float s = xs[m];
+      // the reference's order: (acc * x_scale) * w_scale + bias, in float32, then one rounding
+      if (bias)
+        for (int64_t n = 0; n < N; ++n) o[n] = static_cast<T>(static_cast<float>(a[n]) * s * ws[n] + bias[n]);
+      else
+        for (int64_t n = 0; n < N; ++n) o[n] = static_cast<T>(static_cast<float>(a[n]) * s * ws[n]);
+    }
+  });
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, const at::Tensor& qw,
+                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                           at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear";
+  COMPRESS_CHECK(op, qx.device().is_cpu(), "expected `qx` on the CPU, got ", qx.device());
+  COMPRESS_CHECK_DTYPE(op, qx, at::kChar);
+  COMPRESS_CHECK_DIM(op, qx, 2);
+  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
+  COMPRESS_CHECK_DIM(op, qw, 2);
+  COMPRESS_CHECK_DTYPE(op, x_scale, at::kFloat);
+  COMPRESS_CHECK_DIM(op, x_scale, 1);
+  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
+  COMPRESS_CHECK_DIM(op, w_scale, 1);
+  if (bias) {
+    const auto s = bias->scalar_type();
+    TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op,
+                     ": expected `bias` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
+                     dtype_name(s));
+    COMPRESS_CHECK_DIM(op, (*bias), 1);
+  }
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+                   ": expected `out_dtype` in (torch.float32, torch.bfloat16, torch.float16), got ",
+                   dtype_name(out_dtype));
+  for (const at::Tensor* t : {&x_scale, &qw, &w_scale})
+    COMPRESS_CHECK(op, t->device() == qx.device(), "expected every argument on the device of `qx` (",
+                   qx.device(), "), got ", t->device());
+  if (bias) COMPRESS_CHECK_DEVICE(op, (*bias), qx.device());
+  const int64_t M = qx.size(0), K = qx.size(1), N = qw.size(0);
+  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = qx.shape[1] = ", K, ", got shape ",
+                 qw.sizes());
+  COMPRESS_CHECK(op, x_scale.size(0) == M, "expected `x_scale` to have qx.shape[0] = ", M, " elements, got ",
+                 x_scale.size(0));
+  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
+                 w_scale.size(0));
+  if (bias)
+    COMPRESS_CHECK(op, bias->size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
+                   bias->size(0));
+
+  at::Tensor out = at::empty({M, N}, qx.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return out;
+  const at::Tensor acc = int8_mm(qx, qw.t());  // int32 [M, N] contiguous; zeros when K == 0
+  const at::Tensor xs = x_scale.contiguous(), ws = w_scale.contiguous();
+  const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const int32_t* ap = acc.const_data_ptr<int32_t>();
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  switch (out_dtype) {
+    case at::kFloat:
+      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp, out.mutable_data_ptr<float>(), M, N);
+      break;
+    case at::kBFloat16:
+      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp,
+                   out.mutable_data_ptr<c10::BFloat16>(), M, N);
+      break;
+    default:
+      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp, out.mutable_data_ptr<c10::Half>(),
+                   M, N);
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace compress
+
+TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("int8_linear", &compress::int8_linear_cpu); }
