@@ -7,9 +7,11 @@
 // block column where c * bk + bk > K, so nothing past K is ever read), walks every block of a
 // block row, then reduces the 16 accumulators to 16 dot products in one horizontal-add tree.
 // x is used in place when it is float32 with unit k-stride, else converted once to float rows.
-// Block rows are split across torch's threads by stored blocks. Rows of W past N (bottom edge)
-// and the 4-row / 4-column tails of a tile repeat the last valid row and are discarded.
-// Block columns are checked against ceil(K / bk) as the block row starts (O(nnzb)).
+// Block rows are split across torch's threads by stored blocks. Block rows past N (bottom edge)
+// are skipped; the 4-row / 4-column tails of a tile repeat the last valid row of W / x and are
+// discarded. Block columns are checked against ceil(K / bk) as each block row starts (O(nnzb)).
+// Two costs measured and removed: the next block's lines are prefetched (~10%), and every loop
+// over the accumulator array is unrolled (GCC otherwise spilled them on every k step: 2x).
 #include <torch/library.h>
 
 #include "sparse/sparse_cpu.h"
@@ -41,26 +43,44 @@ SPARSE_AVX512 void bsr_tile_avx512(const BsrArgs<T>& a, int64_t e0, int64_t e1, 
     xr[i] = xf + std::min<int64_t>(m0 + i, M - 1) * ldx;
   }
   __m512 s[16];  // s[4 * j + i]: x row m0 + j . W row r0 + i
+  // Every loop over s is unrolled: GCC keeps an array in registers only when all its indices are
+  // constants early enough.
+#pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) s[i] = _mm512_setzero_ps();
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t kb = (int64_t)a.col[e] * a.bk, kn = std::min(a.bk, a.K - kb);
     const T* w = a.val + e * a.bn * a.bk;
+    if (e + 1 < e1) {  // the next block's rows of W and x: each block starts new cache lines
+      const T* wn = w + a.bn * a.bk;
+      const int64_t kbn = (int64_t)a.col[e + 1] * a.bk, last = std::min(a.bk, a.K - kbn) - 1;
+      for (int i = 0; i < 4; ++i) {
+        _mm_prefetch((const char*)(wn + wo[i]), _MM_HINT_T0);
+        _mm_prefetch((const char*)(wn + wo[i] + last), _MM_HINT_T0);
+        _mm_prefetch((const char*)(xr[i] + kbn), _MM_HINT_T0);
+        _mm_prefetch((const char*)(xr[i] + kbn + last), _MM_HINT_T0);
+      }
+    }
     for (int64_t k = 0; k < kn; k += 16) {
       const __mmask16 m = lanes(kn - k);
       __m512 wv[4], xv[4];
+#pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) wv[i] = load16<T>(w + wo[i] + k, m);
+#pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) xv[j] = _mm512_maskz_loadu_ps(m, xr[j] + kb + k);
-      for (int j = 0; j < 4; ++j)
-        for (int i = 0; i < 4; ++i) s[4 * j + i] = _mm512_fmadd_ps(wv[i], xv[j], s[4 * j + i]);
+#pragma GCC unroll 16
+      for (int ji = 0; ji < 16; ++ji) s[ji] = _mm512_fmadd_ps(wv[ji % 4], xv[ji / 4], s[ji]);
     }
   }
   // Horizontal sums: lane a of the result = sum of s[a]'s 16 lanes.
   __m512 t1[8], t2[4], t3[2];
+#pragma GCC unroll 8
   for (int p = 0; p < 8; ++p)
     t1[p] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * p], s[2 * p + 1]), _mm512_unpackhi_ps(s[2 * p], s[2 * p + 1]));
+#pragma GCC unroll 4
   for (int q = 0; q < 4; ++q)
     t2[q] = _mm512_add_ps(_mm512_shuffle_ps(t1[2 * q], t1[2 * q + 1], 0x44),
                           _mm512_shuffle_ps(t1[2 * q], t1[2 * q + 1], 0xEE));
+#pragma GCC unroll 2
   for (int h = 0; h < 2; ++h)
     t3[h] = _mm512_add_ps(_mm512_shuffle_f32x4(t2[2 * h], t2[2 * h + 1], 0x88),
                           _mm512_shuffle_f32x4(t2[2 * h], t2[2 * h + 1], 0xDD));
@@ -106,10 +126,7 @@ bool bsr_run(const at::Tensor& x, const BsrArgs<T>& a, int64_t N, const float* b
     ldx = x.stride(0);
   } else {
     float* buf = scratch(0, M * K, holder);
-    const T* xp = x.const_data_ptr<T>();
-    const int64_t s0 = x.stride(0), s1 = x.stride(1);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) buf[m * K + k] = to_f(xp[m * s0 + k * s1]);
+    convert_rows<T>(x.const_data_ptr<T>(), x.stride(0), x.stride(1), M, K, buf, avx);
     xf = buf;
     ldx = K;
   }

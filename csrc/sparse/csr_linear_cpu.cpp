@@ -1,7 +1,7 @@
 // compress::csr_linear on the CPU: y [M, N] = x [M, K] @ W^T + bias, W [N, K] in CSR
 // (crow int32 [N + 1], col int32 [nnz], values [nnz] of x's dtype), float32 accumulation.
 //
-// x is transposed once into float panels xT[k][lanes] (sparse_cpu.h: tiles of up to 64 rows of
+// x is transposed once into float panels xT[k][lanes] (sparse_cpu_rows.h: tiles of up to 64 rows of
 // M, 16 / 32 / 64 lanes), so every stored weight (k, v) of row n costs one broadcast of v and one
 // FMA per 16 lanes into row n's accumulators. Values and columns are read 16 at a time: one vector
 // converts the values to float, one vector compare validates the 16 columns against K, so the
@@ -9,14 +9,13 @@
 // nnz. At small M the call streams the weights once from memory (bandwidth-bound).
 #include <torch/library.h>
 
-#include "sparse/sparse_cpu.h"
+#include "sparse/sparse_cpu_rows.h"
 
 namespace compress {
 namespace {
 using namespace sparse_cpu;
 
 constexpr const char* kOp = "csr_linear";
-static const int64_t PF = getenv("PF") ? atoll(getenv("PF")) : 0;
 
 template <typename T>
 struct CsrArgs {
@@ -32,7 +31,8 @@ struct CsrArgs {
 template <typename T, int MV>
 SPARSE_AVX512 bool csr_rows_avx512(const CsrArgs<T>& a, int64_t n0, int nr, const float* panel, float* acc) {
   constexpr int W = 16 * MV, U = MV == 1 ? 4 : 2;
-  const __m512i kmax = _mm512_set1_epi32((int32_t)std::min<int64_t>(a.K, INT32_MAX));
+  // col < kmax as unsigned: rejects negatives too (kmax <= 2^31 keeps them above it).
+  const __m512i kmax = _mm512_set1_epi32((int32_t)(uint32_t)std::min<int64_t>(a.K, int64_t{1} << 31));
   for (int r = 0; r < nr; ++r) {
     const int64_t e1 = a.crow[n0 + r + 1];
     __m512 s[U][MV];
@@ -43,12 +43,12 @@ SPARSE_AVX512 bool csr_rows_avx512(const CsrArgs<T>& a, int64_t n0, int nr, cons
       const __mmask16 m = lanes(cnt);
       const int32_t* col = a.col + e;
       const T* val = a.val + e;
-      // Validates the 16 columns at once (negative ones compare as huge), then reads them again
-      // as scalars from L1 for the addresses.
-      if (PF) {
-        _mm_prefetch((const char*)(col + PF), _MM_HINT_T0);
-        _mm_prefetch((const char*)(val + PF), _MM_HINT_T0);
-      }
+      // The weights stream from memory: prefetching 256 entries ahead was measured ~20% faster
+      // (the hardware prefetchers alone leave the loop waiting on each new line).
+      _mm_prefetch((const char*)(col + 256), _MM_HINT_T0);
+      _mm_prefetch((const char*)(val + 256), _MM_HINT_T0);
+      // Validates the 16 columns at once, then reads them again as scalars (from L1) for the
+      // addresses.
       if (_mm512_mask_cmpge_epu32_mask(m, _mm512_maskz_loadu_epi32(m, col), kmax)) return false;
       const Bcast16 b(load16<T>(val, m));
       if (cnt == 16) {

@@ -2,7 +2,7 @@
 // values [N, K/2] (x's dtype) and meta uint8 [N, K/4] (bits 0-1 / 2-3: positions of the group's
 // two kept weights), float32 accumulation.
 //
-// The same scheme as csr_linear (sparse_cpu.h run_rows): x transposed once into float panels,
+// The same scheme as csr_linear (sparse_cpu_rows.h run_rows): x transposed once into float panels,
 // then per kept weight one broadcast + one FMA per 16 lanes of M. A group g contributes
 // values[2g] * x[:, 4g + p0] + values[2g + 1] * x[:, 4g + p1]; 8 groups (16 values, 8 meta bytes)
 // are read per step. Positions are 2-bit fields, so no input can index outside the row: there is
@@ -10,7 +10,7 @@
 // adds both values at that position.)
 #include <torch/library.h>
 
-#include "sparse/sparse_cpu.h"
+#include "sparse/sparse_cpu_rows.h"
 
 namespace compress {
 namespace {
@@ -26,6 +26,28 @@ struct S24Args {
 };
 
 #if defined(__x86_64__)
+// meta byte -> the byte offsets of its two kept positions in a 16-lane panel (64 bytes a row):
+// bits 0-15 for the first, 16-31 for the second. With W = 16 MV lanes the offset is this times
+// MV, which the address arithmetic does for free; one table load replaces ~5 shifts and masks
+// per group (the kernel is bound by instruction throughput once the weights are in cache).
+struct MetaLut {
+  uint32_t off[256];
+  constexpr MetaLut() : off() {
+    for (unsigned b = 0; b < 256; ++b) off[b] = ((b & 3) * 64) | (((b >> 2) & 3) * 64) << 16;
+  }
+};
+constexpr MetaLut kMetaLut;
+
+// Group q of a step (q a constant once unrolled): its two kept weights against panel rows
+// 4q + p0 and 4q + p1.
+template <int MV, int U>
+SPARSE_AVX512 inline void s24_group(__m512 (&s)[U][MV], const Bcast16& vb, const char* p, int q, uint8_t meta) {
+  const uint32_t o = kMetaLut.off[meta];
+  const char* pq = p + 4 * q * 16 * MV * sizeof(float);
+  bcast_fma<MV>(s[(2 * q) % U], vb[2 * q], reinterpret_cast<const float*>(pq + (o & 0xFFFF) * MV));
+  bcast_fma<MV>(s[(2 * q + 1) % U], vb[2 * q + 1], reinterpret_cast<const float*>(pq + (o >> 16) * MV));
+}
+
 template <typename T, int MV>
 SPARSE_AVX512 bool s24_rows_avx512(const S24Args<T>& a, int64_t n0, int nr, const float* panel, float* acc) {
   constexpr int W = 16 * MV, U = MV == 1 ? 4 : 2;
@@ -38,25 +60,17 @@ SPARSE_AVX512 bool s24_rows_avx512(const S24Args<T>& a, int64_t n0, int nr, cons
     for (int64_t g = 0; g < a.G; g += 8) {
       const int cnt = (int)std::min<int64_t>(8, a.G - g);
       const T* v = val + 2 * g;
+      _mm_prefetch((const char*)(v + 256), _MM_HINT_T0);  // as in csr_linear: the weights stream
+      _mm_prefetch((const char*)(meta + g + 128), _MM_HINT_T0);
       const Bcast16 vb(load16<T>(v, lanes(2 * cnt)));
-      uint64_t mb = 0;
-      std::memcpy(&mb, meta + g, cnt);
-      const float* p = panel + 4 * g * W;  // row 4g of the panel
+      const char* p = reinterpret_cast<const char*>(panel + 4 * g * W);  // row 4g of the panel
       if (cnt == 8) {
 #pragma GCC unroll 8
-        for (int q = 0; q < 8; ++q) {
-          const unsigned b = (unsigned)(mb >> (8 * q));
-          bcast_fma<MV>(s[(2 * q) % U], vb[2 * q], p + (4 * q + (b & 3)) * W);
-          bcast_fma<MV>(s[(2 * q + 1) % U], vb[2 * q + 1], p + (4 * q + ((b >> 2) & 3)) * W);
-        }
+        for (int q = 0; q < 8; ++q) s24_group<MV, U>(s, vb, p, q, meta[g + q]);
       } else {
 #pragma GCC unroll 8
-        for (int q = 0; q < 8; ++q) {
-          if (q >= cnt) break;
-          const unsigned b = (unsigned)(mb >> (8 * q));
-          bcast_fma<MV>(s[(2 * q) % U], vb[2 * q], p + (4 * q + (b & 3)) * W);
-          bcast_fma<MV>(s[(2 * q + 1) % U], vb[2 * q + 1], p + (4 * q + ((b >> 2) & 3)) * W);
-        }
+        for (int q = 0; q < 8; ++q)
+          if (q < cnt) s24_group<MV, U>(s, vb, p, q, meta[g + q]);
       }
     }
     for (int j = 0; j < MV; ++j) {
