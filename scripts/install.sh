@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.14.1}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel ninja
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel ninja numpy
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==$TORCH_VERSION"
 fi
