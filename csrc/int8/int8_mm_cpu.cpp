@@ -19,8 +19,7 @@
 //   - The microkernel keeps MR x NR int32 sums in registers over one KC-deep panel of B. VNNI
 //     uses KC = 4096 (a 256 KiB panel, still in L2), so for K <= 4096 C is written once.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/csrc/stable/c/shim.h>
+#include <ATen/Parallel.h>  // at::get_num_threads
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,6 +29,7 @@
 
 #include "common.h"
 #include "cpu_features.h"
+#include "cpu_parallel.h"  // parallel_tasks: torch's own thread pool (why: see the header)
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -50,20 +50,6 @@ struct View {
   const int8_t* p;
   int64_t s0, s1;
 };
-
-// Runs fn(0) .. fn(n - 1) spread over torch's intra-op threads (torch.set_num_threads).
-// at::parallel_for is a header template whose OpenMP body compiles only under -fopenmp, which
-// this package's build does not pass: called from here it runs serially (measured: 2 threads took
-// as long as 1). torch_parallel_for, from torch's stable C API (torch >= 2.10), is
-// at::parallel_for compiled inside libtorch, so it runs on torch's own OpenMP pool.
-template <class F>
-void parallel_tasks(int64_t n, const F& fn) {
-  auto run = [](int64_t begin, int64_t end, void* ctx) {
-    for (int64_t t = begin; t < end; ++t) (*static_cast<const F*>(ctx))(t);
-  };
-  const AOTITorchError err = torch_parallel_for(0, n, 1, run, const_cast<F*>(&fn));
-  TORCH_CHECK(err == AOTI_TORCH_SUCCESS, "int8_mm: a worker thread failed");
-}
 
 #if defined(__x86_64__)
 

@@ -8,7 +8,7 @@
 // broadcast h[k] and no horizontal sums; the gate epilogue (sigmoid / tanh from one vector exp,
 // state update, lengths mask) runs on the same registers. h and c stay float32 between steps.
 //
-// Threads: one torch_parallel_for over W workers for the whole sequence (not one per step: the
+// Threads: one parallel_tasks (cpu_parallel.h) over W workers for the whole sequence (not one per step: the
 // fork/join of a per-step parallel_for costs several microseconds, a step at B = 1, H = 256 about
 // two). Each step is a stage of chunks split into W parts; a worker claims the chunks of its own
 // part one by one (so each keeps its slice of the weight in its cache), then steals unclaimed
@@ -21,7 +21,6 @@
 // with per-function target attributes (AVX-512, AVX2+FMA, baseline), chosen by active_cpu_isa().
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/stable/c/shim.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -34,6 +33,7 @@
 
 #include "common.h"
 #include "cpu_features.h"
+#include "cpu_parallel.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -293,11 +293,7 @@ void run_sequence(const Problem& p) {
       }
     }
   };
-  auto body = [](int64_t begin, int64_t end, void* ctx) {
-    for (int64_t w = begin; w < end; ++w) (*static_cast<decltype(worker)*>(ctx))(w);
-  };
-  const AOTITorchError err = torch_parallel_for(0, W, 1, body, &worker);
-  TORCH_CHECK(err == AOTI_TORCH_SUCCESS, "rnn: a worker thread failed");
+  parallel_tasks(W, worker);
 }
 
 // One worker per ~512K multiply-adds per step, at most one per thread and per chunk. A step's

@@ -8,7 +8,6 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <torch/csrc/stable/c/shim.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -18,6 +17,7 @@
 
 #include "common.h"
 #include "cpu_features.h"
+#include "cpu_parallel.h"  // parallel_tasks: torch's threads; fn must not throw (bad input is flagged)
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -83,23 +83,6 @@ inline void check_col(const char* op, const int32_t* col, int64_t nnz, int64_t l
 }
 
 // --------------------------------------------------------------------------- threads, memory
-
-// Runs fn(0) .. fn(n - 1) on torch's intra-op threads (torch.set_num_threads). at::parallel_for is
-// a header template whose OpenMP body only compiles under -fopenmp, which this build does not pass
-// (it would run serially); torch_parallel_for is the same loop compiled inside libtorch.
-// fn must not throw: kernels report malformed input through flags, raised after the loop.
-template <class F>
-void parallel_tasks(int64_t n, const F& fn) {
-  if (n <= 1) {
-    if (n == 1) fn(0);
-    return;
-  }
-  auto run = [](int64_t begin, int64_t end, void* ctx) {
-    for (int64_t t = begin; t < end; ++t) (*static_cast<const F*>(ctx))(t);
-  };
-  const AOTITorchError err = torch_parallel_for(0, n, 1, run, const_cast<F*>(&fn));
-  TORCH_CHECK(err == AOTI_TORCH_SUCCESS, "sparse linear: a worker thread failed");
-}
 
 // Number of tasks for `work` multiply-adds: one per thread, or one when the call is too small to
 // pay for waking the pool.
