@@ -164,25 +164,7 @@ bool bsr_run(const at::Tensor& x, const BsrArgs<T>& a, int64_t N, const float* b
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                           const at::Tensor& values, int64_t out_features, const c10::optional<at::Tensor>& bias_opt) {
   // The checks and their order are check_bsr_linear's (compress/ops/sparse.py).
-  COMPRESS_CHECK_DTYPE(kOp, crow, at::kInt);
-  COMPRESS_CHECK_DIM(kOp, crow, 1);
-  COMPRESS_CHECK_DTYPE(kOp, col, at::kInt);
-  COMPRESS_CHECK_DIM(kOp, col, 1);
-  check_float_tensor(kOp, "x", x, 2);
-  COMPRESS_CHECK_DTYPE(kOp, values, x.scalar_type());
-  COMPRESS_CHECK_DIM(kOp, values, 3);
-  if (bias_opt.has_value()) {
-    const at::Tensor& bias = *bias_opt;
-    check_float_tensor(kOp, "bias", bias, 1);
-    COMPRESS_CHECK(kOp, bias.size(0) == out_features, "expected `bias` to have ", out_features,
-                   " elements (out_features), got ", bias.size(0));
-    COMPRESS_CHECK_DEVICE(kOp, bias, at::kCPU);
-  }
-  COMPRESS_CHECK_DEVICE(kOp, x, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, crow, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, col, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, values, at::kCPU);
-  COMPRESS_CHECK(kOp, out_features >= 0, "expected `out_features` >= 0, got ", out_features);
+  check_compressed_args(kOp, x, crow, col, values, 3, out_features, bias_opt);
   const int64_t bn = values.size(1), bk = values.size(2), N = out_features;
   const int64_t R = ceil_div(N, std::max<int64_t>(bn, 1));
   COMPRESS_CHECK(kOp, crow.size(0) == R + 1, "expected `crow` to have ", R + 1, " entries for out_features = ", N,

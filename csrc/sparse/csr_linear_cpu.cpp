@@ -106,25 +106,7 @@ bool csr_run(const at::Tensor& x, const CsrArgs<T>& a, int64_t N, const float* b
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                           const at::Tensor& values, int64_t out_features, const c10::optional<at::Tensor>& bias_opt) {
   // The checks and their order are check_csr_linear's (compress/ops/sparse.py).
-  COMPRESS_CHECK_DTYPE(kOp, crow, at::kInt);
-  COMPRESS_CHECK_DIM(kOp, crow, 1);
-  COMPRESS_CHECK_DTYPE(kOp, col, at::kInt);
-  COMPRESS_CHECK_DIM(kOp, col, 1);
-  check_float_tensor(kOp, "x", x, 2);
-  COMPRESS_CHECK_DTYPE(kOp, values, x.scalar_type());
-  COMPRESS_CHECK_DIM(kOp, values, 1);
-  if (bias_opt.has_value()) {
-    const at::Tensor& bias = *bias_opt;
-    check_float_tensor(kOp, "bias", bias, 1);
-    COMPRESS_CHECK(kOp, bias.size(0) == out_features, "expected `bias` to have ", out_features,
-                   " elements (out_features), got ", bias.size(0));
-    COMPRESS_CHECK_DEVICE(kOp, bias, at::kCPU);
-  }
-  COMPRESS_CHECK_DEVICE(kOp, x, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, crow, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, col, at::kCPU);
-  COMPRESS_CHECK_DEVICE(kOp, values, at::kCPU);
-  COMPRESS_CHECK(kOp, out_features >= 0, "expected `out_features` >= 0, got ", out_features);
+  check_compressed_args(kOp, x, crow, col, values, 1, out_features, bias_opt);
   COMPRESS_CHECK(kOp, crow.size(0) == out_features + 1, "expected `crow` to have ", out_features + 1,
                  " entries for out_features = ", out_features, ", got ", crow.size(0));
   COMPRESS_CHECK(kOp, col.size(0) == values.size(0), "expected `col` to have one entry per stored value/block (",

@@ -84,6 +84,32 @@ inline void check_col(const char* op, const int32_t* col, int64_t nnz, int64_t l
 
 // --------------------------------------------------------------------------- threads, memory
 
+// The checks csr_linear and bsr_linear share, in the order of compress/ops/sparse.py's
+// _check_compressed: index dtypes and ranks, x, values (values_dim), bias, devices, out_features.
+inline void check_compressed_args(const char* op, const at::Tensor& x, const at::Tensor& crow,
+                                  const at::Tensor& col, const at::Tensor& values, int64_t values_dim,
+                                  int64_t out_features, const c10::optional<at::Tensor>& bias_opt) {
+  COMPRESS_CHECK_DTYPE(op, crow, at::kInt);
+  COMPRESS_CHECK_DIM(op, crow, 1);
+  COMPRESS_CHECK_DTYPE(op, col, at::kInt);
+  COMPRESS_CHECK_DIM(op, col, 1);
+  check_float_tensor(op, "x", x, 2);
+  COMPRESS_CHECK_DTYPE(op, values, x.scalar_type());
+  COMPRESS_CHECK_DIM(op, values, values_dim);
+  if (bias_opt.has_value()) {
+    const at::Tensor& bias = *bias_opt;
+    check_float_tensor(op, "bias", bias, 1);
+    COMPRESS_CHECK(op, bias.size(0) == out_features, "expected `bias` to have ", out_features,
+                   " elements (out_features), got ", bias.size(0));
+    COMPRESS_CHECK_DEVICE(op, bias, at::kCPU);
+  }
+  COMPRESS_CHECK_DEVICE(op, x, at::kCPU);
+  COMPRESS_CHECK_DEVICE(op, crow, at::kCPU);
+  COMPRESS_CHECK_DEVICE(op, col, at::kCPU);
+  COMPRESS_CHECK_DEVICE(op, values, at::kCPU);
+  COMPRESS_CHECK(op, out_features >= 0, "expected `out_features` >= 0, got ", out_features);
+}
+
 // Number of tasks for `work` multiply-adds: one per thread, or one when the call is too small to
 // pay for waking the pool.
 inline int64_t task_count(int64_t work) {
