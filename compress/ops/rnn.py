@@ -294,6 +294,196 @@ def _gru_backward(ctx, dy, dh_n):
 
 
 # ---------------------------------------------------------------------------------------------
+# Compressed recurrent weights (inference only: no autograd). Same recurrence, gate math, lengths
+# and reverse semantics as lstm_layer / gru_layer; only how w_hh (and w_hr) is stored differs.
+#
+# lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse) -> (y, h_n, c_n)
+#   qw_hh int8 [4H, P] with w_hh_scale float32 [4H]: w_hh = qw_hh * w_hh_scale[:, None] (symmetric
+#   per-row int8, activations stay float); qw_hr int8 [P, H] + w_hr_scale float32 [P], or both None.
+# gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse) -> (y, h_n)
+# lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse) -> (y, h_n, c_n)
+#   w_hh [4H, P] block-sparse as compress.formats.sparse.BSR: crow int32 [4H/bn + 1], col int32
+#   [nnz], values [nnz, bn, bk] in xg's dtype; bn divides H (a block row lies in one gate), the
+#   last block column is zero-padded past P. w_hr dense [P, H] or None.
+# gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse) -> (y, h_n)
+
+lib.define("lstm_layer_w8(Tensor xg, Tensor h0, Tensor c0, Tensor qw_hh, Tensor w_hh_scale, Tensor? qw_hr, "
+           "Tensor? w_hr_scale, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)")
+lib.define("gru_layer_w8(Tensor xg, Tensor h0, Tensor qw_hh, Tensor w_hh_scale, Tensor? b_hh, Tensor? lengths, "
+           "bool reverse) -> (Tensor, Tensor)")
+lib.define("lstm_layer_bsr(Tensor xg, Tensor h0, Tensor c0, Tensor crow, Tensor col, Tensor values, Tensor? w_hr, "
+           "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor)")
+lib.define("gru_layer_bsr(Tensor xg, Tensor h0, Tensor crow, Tensor col, Tensor values, Tensor? b_hh, "
+           "Tensor? lengths, bool reverse) -> (Tensor, Tensor)")
+
+
+def _check_w8(op, qname, q, sname, s, shape):
+    _check_tensor(op, qname, q, (torch.int8,), 2)
+    _check_tensor(op, sname, s, (torch.float32,), 1)
+    _check_shape(op, qname, q, shape, "the float weight's shape")
+    _check_shape(op, sname, s, (shape[0],), f"one scale per row of `{qname}`")
+
+
+def _lstm_dims(op, xg, h0, w_hr_rows):
+    _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
+    _check_tensor(op, "h0", h0, (xg.dtype,), 2)
+    if xg.shape[2] % 4:
+        raise ValueError(f"{op}: expected `xg` to be [T, B, 4H] (4 gates), got last dim {xg.shape[2]}, "
+                         f"not divisible by 4")
+    H = xg.shape[2] // 4
+    return H, (w_hr_rows if w_hr_rows is not None else H)
+
+
+def _check_lstm_states(op, xg, h0, c0, H, P, lengths, reverse):
+    _check_tensor(op, "c0", c0, (xg.dtype,), 2)
+    B = xg.shape[1]
+    _check_shape(op, "h0", h0, (B, P), f"[B, P] with B = xg.shape[1] = {B}")
+    _check_shape(op, "c0", c0, (B, H), f"[B, H] with B = {B}, H = {H}")
+    _check_lengths(op, lengths, B)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
+
+
+def _check_gru_common(op, xg, h0, b_hh, lengths, reverse):
+    _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
+    _check_tensor(op, "h0", h0, (xg.dtype,), 2)
+    if xg.shape[2] % 3:
+        raise ValueError(f"{op}: expected `xg` to be [T, B, 3H] (3 gates), got last dim {xg.shape[2]}, "
+                         f"not divisible by 3")
+    H, B = xg.shape[2] // 3, xg.shape[1]
+    if b_hh is not None:
+        _check_tensor(op, "b_hh", b_hh, (xg.dtype,), 1)
+        _check_shape(op, "b_hh", b_hh, (3 * H,), f"[3H] with H = {H}")
+    _check_shape(op, "h0", h0, (B, H), f"[B, H] with B = xg.shape[1] = {B}")
+    _check_lengths(op, lengths, B)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
+    return H
+
+
+def _check_bsr_weight(op, crow, col, values, dtype, rows, H, K):
+    """BSR of a [rows, K] weight whose block rows must not straddle the H-row gates."""
+    _check_tensor(op, "crow", crow, (torch.int32,), 1)
+    _check_tensor(op, "col", col, (torch.int32,), 1)
+    _check_tensor(op, "values", values, (dtype,), 3)
+    bn, bk = values.shape[1:]
+    if bn < 1 or bk < 1 or H % bn:
+        raise ValueError(f"{op}: expected `values` blocks [nnz, bn, bk] with bn dividing H = {H} (a block row "
+                         f"must lie within one gate), got {tuple(values.shape)}")
+    _check_shape(op, "crow", crow, (rows // bn + 1,), f"one entry per block row of the [{rows}, {K}] weight, plus 1")
+    _check_shape(op, "col", col, (values.shape[0],), "one block column per stored block")
+
+
+def check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse) -> None:
+    op = "lstm_layer_w8"
+    if (qw_hr is None) != (w_hr_scale is None):
+        raise ValueError(f"{op}: expected `qw_hr` and `w_hr_scale` both given or both None")
+    H, P = _lstm_dims(op, xg, h0, qw_hr.shape[0] if isinstance(qw_hr, Tensor) and qw_hr.dim() == 2 else None)
+    _check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, (4 * H, P))
+    if qw_hr is not None:
+        _check_w8(op, "qw_hr", qw_hr, "w_hr_scale", w_hr_scale, (P, H))
+    _check_lstm_states(op, xg, h0, c0, H, P, lengths, reverse)
+    _check_same_device(op, "xg", xg, h0=h0, c0=c0, qw_hh=qw_hh, w_hh_scale=w_hh_scale, qw_hr=qw_hr,
+                       w_hr_scale=w_hr_scale, lengths=lengths)
+
+
+def check_gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse) -> None:
+    op = "gru_layer_w8"
+    H = _check_gru_common(op, xg, h0, b_hh, lengths, reverse)
+    _check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, (3 * H, H))
+    _check_same_device(op, "xg", xg, h0=h0, qw_hh=qw_hh, w_hh_scale=w_hh_scale, b_hh=b_hh, lengths=lengths)
+
+
+def check_lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse) -> None:
+    op = "lstm_layer_bsr"
+    H, P = _lstm_dims(op, xg, h0, w_hr.shape[0] if isinstance(w_hr, Tensor) and w_hr.dim() == 2 else None)
+    if w_hr is not None:
+        _check_tensor(op, "w_hr", w_hr, (xg.dtype,), 2)
+        _check_shape(op, "w_hr", w_hr, (P, H), f"[P, H] with H = xg.shape[2] / 4 = {H}")
+    _check_bsr_weight(op, crow, col, values, xg.dtype, 4 * H, H, P)
+    _check_lstm_states(op, xg, h0, c0, H, P, lengths, reverse)
+    _check_same_device(op, "xg", xg, h0=h0, c0=c0, crow=crow, col=col, values=values, w_hr=w_hr, lengths=lengths)
+
+
+def check_gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse) -> None:
+    op = "gru_layer_bsr"
+    H = _check_gru_common(op, xg, h0, b_hh, lengths, reverse)
+    _check_bsr_weight(op, crow, col, values, xg.dtype, 3 * H, H, H)
+    _check_same_device(op, "xg", xg, h0=h0, crow=crow, col=col, values=values, b_hh=b_hh, lengths=lengths)
+
+
+def _dequant(q, scale, dtype):
+    return None if q is None else (q.float() * scale[:, None]).to(dtype)
+
+
+def _bsr_dense(crow, col, values, shape):
+    from compress.formats.sparse import BSR, from_bsr
+    return from_bsr(BSR(crow, col, values, shape))
+
+
+def lstm_layer_w8_reference(xg, h0, c0, qw_hh, w_hh_scale, qw_hr=None, w_hr_scale=None, lengths=None, reverse=False):
+    """Dequantize (in float32, the gate math's precision), then lstm_layer_reference."""
+    check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
+    return _lstm_f32_weights(xg, h0, c0, _dequant(qw_hh, w_hh_scale, torch.float32),
+                             _dequant(qw_hr, w_hr_scale, torch.float32), lengths, reverse)
+
+
+def gru_layer_w8_reference(xg, h0, qw_hh, w_hh_scale, b_hh=None, lengths=None, reverse=False):
+    check_gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+    return _gru_f32_weights(xg, h0, _dequant(qw_hh, w_hh_scale, torch.float32), b_hh, lengths, reverse)
+
+
+def lstm_layer_bsr_reference(xg, h0, c0, crow, col, values, w_hr=None, lengths=None, reverse=False):
+    """Expand the BSR weight to dense, then lstm_layer_reference."""
+    check_lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+    w_hh = _bsr_dense(crow, col, values, (xg.shape[2], h0.shape[1]))
+    return lstm_layer_reference(xg, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+def gru_layer_bsr_reference(xg, h0, crow, col, values, b_hh=None, lengths=None, reverse=False):
+    check_gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse)
+    w_hh = _bsr_dense(crow, col, values, (xg.shape[2], h0.shape[1]))
+    return gru_layer_reference(xg, h0, w_hh, b_hh, lengths, reverse)
+
+
+def _lstm_f32_weights(xg, h0, c0, w_hh, w_hr, lengths, reverse):
+    """lstm_layer_reference with float32 weights under xg/h0/c0 of any float dtype."""
+    y, h, c = lstm_layer_reference(xg.float(), h0.float(), c0.float(), w_hh, w_hr, lengths, reverse)
+    return y.to(xg.dtype), h.to(xg.dtype), c.to(xg.dtype)
+
+
+def _gru_f32_weights(xg, h0, w_hh, b_hh, lengths, reverse):
+    y, h = gru_layer_reference(xg.float(), h0.float(), w_hh, None if b_hh is None else b_hh.float(), lengths,
+                               reverse)
+    return y.to(xg.dtype), h.to(xg.dtype)
+
+
+def _lstm_layer_w8_fake(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse):
+    check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
+    return xg.new_empty((xg.shape[0], xg.shape[1], h0.shape[1])), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
+
+def _gru_layer_w8_fake(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse):
+    check_gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+    return xg.new_empty((xg.shape[0], xg.shape[1], h0.shape[1])), h0.new_empty(h0.shape)
+
+
+def _lstm_layer_bsr_fake(xg, h0, c0, crow, col, values, w_hr, lengths, reverse):
+    check_lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+    return xg.new_empty((xg.shape[0], xg.shape[1], h0.shape[1])), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
+
+def _gru_layer_bsr_fake(xg, h0, crow, col, values, b_hh, lengths, reverse):
+    check_gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse)
+    return xg.new_empty((xg.shape[0], xg.shape[1], h0.shape[1])), h0.new_empty(h0.shape)
+
+
+for _name, _fake in (("lstm_layer_w8", _lstm_layer_w8_fake), ("gru_layer_w8", _gru_layer_w8_fake),
+                     ("lstm_layer_bsr", _lstm_layer_bsr_fake), ("gru_layer_bsr", _gru_layer_bsr_fake)):
+    torch.library.register_fake(f"compress::{_name}", _fake, lib=lib)
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton (opaque custom ops, see int8_mm_triton) and backend registration. The C++ CPU kernels
 # (csrc/rnn/) register themselves for compress::lstm_layer / compress::gru_layer.
 
@@ -324,6 +514,13 @@ for _name in ("compress::gru_layer", "compress::gru_layer_triton"):
 
 _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.default, lstm_layer_reference)
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
+# Compressed-weight variants: C++ CPU / CUDA kernels register themselves for the schemas.
+# TODO(triton): register_standard once the Triton custom ops exist.
+for _op, _ref in (("lstm_layer_w8", lstm_layer_w8_reference), ("gru_layer_w8", gru_layer_w8_reference),
+                  ("lstm_layer_bsr", lstm_layer_bsr_reference), ("gru_layer_bsr", gru_layer_bsr_reference)):
+    _backend.register(_op, "cpu", getattr(torch.ops.compress, _op).default, _backend.native_cpu(f"compress::{_op}"))
+    _backend.register(_op, "cuda", getattr(torch.ops.compress, _op).default, _backend.native_cuda(f"compress::{_op}"))
+    _backend.register(_op, "reference", _ref, _backend.always)
 
 
 def lstm_layer(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor] = None,
@@ -344,3 +541,34 @@ def gru_layer(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = Non
     [B] or None; reverse runs t = T-1 .. 0. Differentiable on every backend."""
     check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
     return _backend.dispatch("gru_layer", xg.device)(xg, h0, w_hh, b_hh, lengths, reverse)
+
+
+def lstm_layer_w8(xg: Tensor, h0: Tensor, c0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor, qw_hr: Optional[Tensor] = None,
+                  w_hr_scale: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                  reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_layer with int8 recurrent (and projection) weights and float32 per-row scales. Inference only."""
+    check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
+    return _backend.dispatch("lstm_layer_w8", xg.device)(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths,
+                                                         reverse)
+
+
+def gru_layer_w8(xg: Tensor, h0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor, b_hh: Optional[Tensor] = None,
+                 lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """gru_layer with an int8 recurrent weight and float32 per-row scales. Inference only."""
+    check_gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+    return _backend.dispatch("gru_layer_w8", xg.device)(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+
+
+def lstm_layer_bsr(xg: Tensor, h0: Tensor, c0: Tensor, crow: Tensor, col: Tensor, values: Tensor,
+                   w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                   reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_layer with a block-sparse (BSR) recurrent weight. Inference only."""
+    check_lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+    return _backend.dispatch("lstm_layer_bsr", xg.device)(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+
+
+def gru_layer_bsr(xg: Tensor, h0: Tensor, crow: Tensor, col: Tensor, values: Tensor, b_hh: Optional[Tensor] = None,
+                  lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """gru_layer with a block-sparse (BSR) recurrent weight. Inference only."""
+    check_gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse)
+    return _backend.dispatch("gru_layer_bsr", xg.device)(xg, h0, crow, col, values, b_hh, lengths, reverse)
