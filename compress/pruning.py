@@ -1,9 +1,13 @@
 """Magnitude pruning with kept masks: compress.prune, compress.GradualPruner, compress.distill_loss.
 
-Pure PyTorch, any device. A pruned nn.Linear keeps its dense weight as a parametrization
+Pure PyTorch, any device. What is pruned: the weight of every nn.Linear, and every weight matrix
+of nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell and compress's fused versions of them (weight_ih_*,
+weight_hh_*, weight_hr_*; each matrix is pruned as its own [out, in] weight, and the report has one
+entry per matrix, named `module.parameter`). A pruned weight is kept dense as a parametrization
 (torch.nn.utils.parametrize): `layer.weight` is always `original * mask`, so training with any
 optimizer leaves the pruned weights at zero. `compress.prune.remove(model)` bakes the masks in.
-Structures (weight W [out, in]):
+Structures (weight W [out, in]; for an RNN's stacked gates [G*H, in], so a block of rows lies
+within one gate when the block height divides H):
   unstructured  the smallest |w|
   2:4           in every 4 consecutive inputs of a row, the 2 smallest |w| (sparse tensor cores)
   block         whole (rows x cols) blocks with the smallest L1 norm (edge blocks are partial)
@@ -35,9 +39,9 @@ class WeightMask(nn.Module):
         return w * self.mask.to(w.dtype)
 
 
-def _mask_of(module: nn.Module) -> Optional[WeightMask]:
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
+def _mask_of(module: nn.Module, pname: str = "weight") -> Optional[WeightMask]:
+    if parametrize.is_parametrized(module, pname):
+        for p in getattr(module.parametrizations, pname):
             if isinstance(p, WeightMask):
                 return p
     return None
@@ -104,35 +108,59 @@ def _keep_top(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor:
     return keep.view(scores.shape)
 
 
+def _rnn_types() -> tuple:
+    from compress.nn.rnn import _FusedCellBase, _FusedRNNBase
+    return nn.RNNBase, nn.RNNCellBase, _FusedRNNBase, _FusedCellBase
+
+
+def _weights_of(mod: nn.Module) -> list[str]:
+    """The prunable weight matrices of a module: Linear.weight, an RNN's weight_ih/hh/hr_*."""
+    if isinstance(mod, nn.Linear):
+        return ["weight"]
+    if isinstance(mod, _rnn_types()):
+        names = [n for n, _ in mod.named_parameters(recurse=False)]
+        names += list(getattr(mod, "parametrizations", {}).keys())  # already pruned ones
+        return sorted({n.removeprefix("parametrizations.").split(".")[0] for n in names
+                       if n.startswith(("weight_", "parametrizations.weight_"))})
+    return []
+
+
 def _candidates(model: nn.Module, filter_fn, structure: str):
+    """([(unit name, module, parameter name)], [(unit name, module, reason)]); a unit is one
+    weight matrix, named `module.parameter` for RNNs and `module` for nn.Linear."""
     out, skipped = [], []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        pnames = _weights_of(mod)
+        if not pnames:
             continue
         if filter_fn is not None and not filter_fn(mod, name):
             skipped.append((name, mod, "excluded by filter_fn"))
-        elif structure == "2:4" and mod.in_features % 4:
-            skipped.append((name, mod, f"2:4 needs in_features divisible by 4, got {mod.in_features}"))
-        else:
-            out.append((name, mod))
+            continue
+        for pname in pnames:
+            unit = name if isinstance(mod, nn.Linear) else (f"{name}.{pname}" if name else pname)
+            in_features = getattr(mod, pname).shape[1]
+            if structure == "2:4" and in_features % 4:
+                skipped.append((unit, mod, f"2:4 needs in_features divisible by 4, got {in_features}"))
+            else:
+                out.append((unit, mod, pname))
     return out, skipped
 
 
-def _effective_weight(mod: nn.Linear) -> Tensor:
-    return mod.weight.detach()
+def _effective_weight(mod: nn.Module, pname: str = "weight") -> Tensor:
+    return getattr(mod, pname).detach()
 
 
-def _set_mask(mod: nn.Linear, mask: Tensor) -> None:
-    existing = _mask_of(mod)
+def _set_mask(mod: nn.Module, pname: str, mask: Tensor) -> None:
+    existing = _mask_of(mod, pname)
     if existing is not None:
         existing.mask = mask.to(existing.mask.device)
     else:
-        parametrize.register_parametrization(mod, "weight", WeightMask(mask.to(mod.weight.device)))
+        parametrize.register_parametrization(mod, pname, WeightMask(mask.to(getattr(mod, pname).device)))
 
 
 def prune(model: nn.Module, sparsity: float = 0.5, structure: str = "unstructured", scope: str = "layer",
           block: tuple[int, int] = (32, 32), filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> Report:
-    """Magnitude-prune every nn.Linear of `model` (in place) and return a Report.
+    """Magnitude-prune every nn.Linear and RNN weight matrix of `model` (in place); return a Report.
 
     sparsity: fraction of weights zeroed (2:4 is always 0.5). scope "layer" hits it in each layer;
     "global" uses one threshold over all selected layers, so the overall zero fraction hits it while
@@ -150,30 +178,29 @@ def prune(model: nn.Module, sparsity: float = 0.5, structure: str = "unstructure
     targets, skipped = _candidates(model, filter_fn, structure)
     masks = {}
     if structure == "2:4":
-        masks = {name: _mask_2_4(_effective_weight(m)) for name, m in targets}
+        masks = {name: _mask_2_4(_effective_weight(m, pn)) for name, m, pn in targets}
     elif scope == "layer":
-        for name, m in targets:
-            w = _effective_weight(m)
+        for name, m, pn in targets:
+            w = _effective_weight(m, pn)
             keep = _keep_top(_unit_scores(w, structure, block), _unit_sizes(w, structure, block), sparsity)
             masks[name] = _expand(keep, structure, w.shape, block)
     elif targets:
-        weights = [_effective_weight(m) for _, m in targets]
+        weights = [_effective_weight(m, pn) for _, m, pn in targets]
         scores = [_unit_scores(w, structure, block) for w in weights]
         sizes = [_unit_sizes(w, structure, block) for w in weights]
         # one ranking over all layers' units, each counted by the weights it holds
         keep = _keep_top(torch.cat([s.flatten().cpu() for s in scores]),
                          torch.cat([n.flatten().cpu() for n in sizes]), sparsity)
-        for (name, _), w, sc, part in zip(targets, weights, scores, keep.split([s.numel() for s in scores])):
+        for (name, _, _), w, sc, part in zip(targets, weights, scores, keep.split([s.numel() for s in scores])):
             if not part.any():  # a global threshold must not delete a whole layer: keep its best unit
                 part = part.clone()
                 part[sc.flatten().argmax()] = True
             masks[name] = _expand(part.view(sc.shape).to(w.device), structure, w.shape, block)
-    reasons = {name: reason for name, _, reason in skipped}
-    for name, mod in model.named_modules():
-        if name in reasons:
-            report.add(name, _kind(mod), reason=reasons[name])
-        elif name in masks:
-            _set_mask(mod, masks[name])
+    for name, mod, reason in skipped:
+        report.add(name, _kind(mod), reason=reason)
+    for name, mod, pname in targets:
+        if name in masks:
+            _set_mask(mod, pname, masks[name])
             achieved = 1.0 - masks[name].float().mean().item()
             details = {"structure": structure, "sparsity": round(achieved, 4), "scope": scope}
             if structure == "block":
@@ -189,13 +216,14 @@ def _kind(mod: nn.Module) -> str:
 
 
 def remove(model: nn.Module) -> int:
-    """Make the masks permanent: each pruned layer's weight becomes the plain masked tensor.
-    Returns how many layers were unmasked."""
+    """Make the masks permanent: each pruned weight becomes the plain masked tensor.
+    Returns how many weights were unmasked."""
     n = 0
     for mod in model.modules():
-        if _mask_of(mod) is not None:
-            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
-            n += 1
+        for pname in list(getattr(mod, "parametrizations", {}).keys()):
+            if _mask_of(mod, pname) is not None:
+                parametrize.remove_parametrizations(mod, pname, leave_parametrized=True)
+                n += 1
     return n
 
 
@@ -203,11 +231,11 @@ prune.remove = remove  # compress.prune.remove(model)
 
 
 def sparsity_of(model: nn.Module) -> float:
-    """Fraction of zeros over all nn.Linear weights."""
+    """Fraction of zeros over all prunable weights (nn.Linear, RNN weight matrices)."""
     zeros = total = 0
     for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            w = mod.weight.detach()
+        for pname in _weights_of(mod):
+            w = getattr(mod, pname).detach()
             zeros += int((w == 0).sum())
             total += w.numel()
     return zeros / max(total, 1)

@@ -185,3 +185,67 @@ def test_recipe_prune_then_finetune_with_distillation_recovers_accuracy():
     recovered = acc(student)
     assert recovered > dense_acc - 0.05 and recovered - pruned_acc > 0.5 * (dense_acc - pruned_acc), (
         dense_acc, pruned_acc, recovered)
+
+
+# ---------------------------------------------------------------------------------------------- RNNs
+
+class _RNNModel(nn.Module):
+    def __init__(self, fused=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(16, 32)
+        self.lstm = nn.LSTM(32, 32, num_layers=2, proj_size=16)
+        self.cell = nn.GRUCell(16, 32)
+        if fused:
+            compress.fuse_rnn(self)
+
+    def forward(self, x):
+        y, _ = self.lstm(self.lin(x))
+        return self.cell(y[-1])
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+@pytest.mark.parametrize("structure", ["unstructured", "block", "2:4"])
+def test_rnn_weights_pruned_and_masks_survive_training(fused, structure):
+    m = _RNNModel(fused)
+    report = compress.prune(m, 0.5, structure=structure, block=(8, 8))
+    names = {e.name for e in report.converted}
+    assert names == {"lin", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_hr_l0", "lstm.weight_ih_l1",
+                     "lstm.weight_hh_l1", "lstm.weight_hr_l1", "cell.weight_ih", "cell.weight_hh"}
+    masks = {e.name: (getattr(m.get_submodule(e.name.rsplit(".", 1)[0]), e.name.rsplit(".", 1)[1]) == 0).clone()
+             for e in report.converted if "." in e.name}
+    assert all(0.45 <= mk.float().mean() <= 0.55 for mk in masks.values())
+    x = torch.randn(5, 3, 16)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    for name, mk in masks.items():
+        mod, p = name.rsplit(".", 1)
+        w = getattr(m.get_submodule(mod), p)
+        assert torch.all(w[mk] == 0), name                 # pruned weights stay zero
+        assert torch.all(w[~mk] != 0), name                # the rest trained (and is nonzero)
+    out = m(x)
+    assert compress.prune.remove(m) == 9
+    assert torch.allclose(m(x), out, rtol=1e-5, atol=1e-6)  # the forward used the masked weights
+
+
+def test_rnn_block_pruning_keeps_blocks_within_gates():
+    lstm = nn.LSTM(24, 16)  # weight_hh [64, 16]: gates of 16 rows, blocks of 8 rows never straddle them
+    holder = nn.Sequential()
+    holder.add_module("rnn", lstm)
+    compress.prune(holder, 0.5, structure="block", block=(8, 4))
+    w = lstm.weight_hh_l0.detach()
+    blocks = (w.reshape(8, 8, 4, 4) != 0).any(-1).any(1)  # [row blocks, col blocks]
+    assert torch.equal(blocks.repeat_interleave(8, 0).repeat_interleave(4, 1), w != 0)
+    assert compress.sparsity_of(holder) == pytest.approx(0.5, abs=0.05)
+
+
+def test_rnn_filter_fn_and_global_scope():
+    m = _RNNModel()
+    report = compress.prune(m, 0.6, scope="global", filter_fn=lambda mod, name: name != "cell")
+    assert report["cell"].reason == "excluded by filter_fn" and not report["cell"].converted
+    assert (m.cell.weight_hh != 0).all()
+    pruned = [getattr(m.lstm, n) for n in ("weight_ih_l0", "weight_hh_l0", "weight_hr_l0")] + [m.lin.weight]
+    assert 0.3 < sum(int((w == 0).sum()) for w in pruned) / sum(w.numel() for w in pruned) <= 0.65
