@@ -101,6 +101,7 @@ setup(
     # never shadow (or be shadowed by) the `triton_kernels` package other projects vendor.
     packages=find_packages(include=["compress", "compress.*"]) + ["compress.triton_kernels"],
     package_dir={"compress.triton_kernels": "triton_kernels"},
+    package_data={"compress": ["data/*.txt", "data/*.wav"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.11", "numpy", "safetensors"],

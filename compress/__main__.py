@@ -1,6 +1,24 @@
-"""python -m compress {info, demo, report}."""
+"""python -m compress {info, demo, bench, report}."""
 import argparse
+import subprocess
 import sys
+
+BENCHES = ("int8", "sparse", "rnn")
+
+
+def bench(names, extra) -> int:
+    """Run benchmarks/bench_<name>.py of the source checkout (benchmarks/ is not installed)."""
+    from compress.benchmark import REPO
+    code = 0
+    for name in BENCHES if "all" in names else names:
+        script = REPO / "benchmarks" / f"bench_{name}.py"
+        if not script.is_file():
+            print(f"bench {name}: {script} not found; the benchmarks run from a source checkout of compress",
+                  file=sys.stderr)
+            return 2
+        print(f"== {script.relative_to(REPO)} {' '.join(extra)}", flush=True)
+        code = subprocess.call([sys.executable, str(script), *extra]) or code
+    return code
 
 
 def main(argv=None):
@@ -9,6 +27,11 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, what was built, devices, backends of each op")
     sub.add_parser("demo", help="the main job: convert and time real models (see `demo --help`)", add_help=False)
+    bp = sub.add_parser("bench", help="run benchmark scripts (results JSON under benchmarks/results/)")
+    bp.add_argument("names", nargs="+", choices=BENCHES + ("all",))
+    bp.add_argument("--quick", action="store_true", help="a few shapes only")
+    bp.add_argument("--device", choices=["cpu", "cuda"])
+    bp.add_argument("--out", help="results directory (default benchmarks/results/)")
     rp = sub.add_parser("report", help="results JSON -> Markdown table + PNG plot")
     rp.add_argument("files", nargs="+")
     rp.add_argument("--out", help="output directory (default: beside each file)")
@@ -21,6 +44,10 @@ def main(argv=None):
     if a.cmd == "info":
         from compress import info
         print(info.render(info.collect()))
+    elif a.cmd == "bench":
+        extra = (["--quick"] if a.quick else []) + (["--device", a.device] if a.device else []) + \
+            (["--out", a.out] if a.out else [])
+        sys.exit(bench(a.names, extra))
     elif a.cmd == "report":
         from compress.benchmark import report
         for path in report(a.files, a.out):

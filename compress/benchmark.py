@@ -193,21 +193,55 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+_SWEEP_KEYS = ("M", "batch", "sparsity", "seq", "hidden", "N", "K", "layers")
+_SERIES_KEYS = ("dtype", "format", "variant", "block", "M", "N", "K", "batch", "hidden", "seq", "layers", "sparsity")
+
+
+def _as_number(v):
+    return v if isinstance(v, (int, float)) else float("inf")
+
+
+def _x(r, key):
+    v = r.get(key)
+    return round(v, 2) if isinstance(v, float) else v  # achieved sparsities 0.897, 0.9 -> one point
+
+
 def plot(results: dict, path: str | Path) -> Path:
+    """One panel per bench: speed-up (y) against the key that varies most in it (x: M, batch,
+    sparsity, ...), one line per implementation / baseline / remaining keys; the baseline is 1.0."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
-    shape_keys = [k for k in ("M", "N", "K", "batch", "hidden", "seq", "layers", "sparsity") if any(k in r for r in rows)]
-    labels = [f"{r['impl']} vs {r['baseline']}\n" + "x".join(str(r[k]) for k in shape_keys if k in r) for r in rows]
-    speed = [r["speedup"] or 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4.5))
-    ax.bar(range(len(rows)), speed, color=["tab:green" if s >= 1 else "tab:red" for s in speed])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(rows)), labels, rotation=75, fontsize=6, ha="right")
-    ax.set_ylabel("speed-up over baseline (x)")
-    ax.set_title(f"{rows[0]['bench'] if rows else ''} on {results['device']}", fontsize=9)
+    benches = list(dict.fromkeys(r["bench"] for r in results["rows"])) or ["(no rows)"]
+    fig, axes = plt.subplots(1, len(benches), figsize=(5.5 * len(benches), 4.2), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        rows = [r for r in results["rows"] if r["bench"] == bench]
+        varying = {k: len({_x(r, k) for r in rows}) for k in _SWEEP_KEYS if any(k in r for r in rows)}
+        x_key = max(varying, key=varying.get) if varying else None
+        xs = sorted({_x(r, x_key) for r in rows}, key=_as_number) if x_key else [None]
+        series: dict = {}
+        for r in rows:
+            other = [f"{k}={_x(r, k)}" for k in _SERIES_KEYS if k != x_key and k in r and
+                     len({_x(q, k) for q in rows}) > 1]
+            label = f"{r['impl']} vs {r['baseline']}" + (f" ({', '.join(other)})" if other else "")
+            series.setdefault(label, {})[_x(r, x_key)] = r["speedup"] or 0.0
+        if len(xs) > 1:
+            for label, pts in series.items():
+                px = [i for i, x in enumerate(xs) if x in pts]
+                ax.plot(px, [pts[xs[i]] for i in px], marker="o", linewidth=1, label=label)
+            ax.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=7)
+            ax.set_xlabel(x_key)
+            ax.legend(fontsize=5, loc="best")
+        else:  # nothing swept (e.g. the demo's models): one bar per series
+            speed = [next(iter(pts.values())) for pts in series.values()]
+            ax.bar(range(len(series)), speed, color=["tab:green" if v >= 1 else "tab:red" for v in speed])
+            ax.set_xticks(range(len(series)), [lbl.replace(" (", "\n(") for lbl in series], rotation=60,
+                          fontsize=5, ha="right")
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_ylabel("speed-up over baseline (x)")
+        ax.set_title(bench, fontsize=9)
+    fig.suptitle(f"{results['device']} ({results['date'][:10]})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

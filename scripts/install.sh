@@ -14,4 +14,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 # --no-build-isolation: compile against the torch just installed, not a second copy.
 MAX_JOBS=${MAX_JOBS:-2} .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+# Silero VAD weights for tests/test_silero_vad.py, read offline from the package's files (never
+# imported). --no-deps: only those files are needed, and pip must not re-resolve the pinned torch.
+.venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.3"
 .venv/bin/python -m compress info | head -4
