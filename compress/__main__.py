@@ -35,6 +35,7 @@ def main(argv=None):
     rp = sub.add_parser("report", help="results JSON -> Markdown table + PNG plot")
     rp.add_argument("files", nargs="+")
     rp.add_argument("--out", help="output directory (default: beside each file)")
+    rp.add_argument("--readme", help="also rewrite this README's results section from the files")
     a, rest = p.parse_known_args(argv)
     if a.cmd == "demo":
         from compress import demo
@@ -49,9 +50,11 @@ def main(argv=None):
             (["--out", a.out] if a.out else [])
         sys.exit(bench(a.names, extra))
     elif a.cmd == "report":
-        from compress.benchmark import report
+        from compress.benchmark import report, update_readme
         for path in report(a.files, a.out):
             print(path)
+        if a.readme:
+            print(update_readme(a.readme, a.files))
 
 
 if __name__ == "__main__":

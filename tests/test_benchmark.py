@@ -61,3 +61,27 @@ def test_device_slug(monkeypatch, name, slug):
 def test_committed_results_follow_the_schema():
     for path in (benchmark.REPO / "benchmarks" / "results").glob("*.json"):
         check_schema(json.loads(path.read_text()))
+
+
+def test_readme_results_section_from_files(tmp_path):
+    cpu = benchmark.Results("rnn", torch.device("cpu"))
+    cpu.add(bench="lstm_inference", impl="ours_cpu", baseline="nn_lstm_cpu", batch=1, hidden=256, ms=1.0,
+            baseline_ms=1.5)
+    cpu.add(bench="lstm_inference", impl="ours_cpu", baseline="nn_lstm_cpu", batch=8, hidden=256, ms=2.0,
+            baseline_ms=1.0)
+    cpu_path = cpu.write(tmp_path)
+    gpu_path = tmp_path / "rnn-h100-20261201.json"
+    gpu = {**cpu.to_dict(), "device": "NVIDIA H100 80GB HBM3"}
+    gpu_path.write_text(json.dumps(gpu))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{benchmark.README_BEGIN}\nold\n{benchmark.README_END}\n\ntail\n")
+    benchmark.update_readme(readme, [gpu_path, cpu_path])
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("\n\ntail\n")
+    cpu_part, gpu_part = text.split("#### CPU")[1].split("#### GPU")
+    assert cpu_path.name in cpu_part and gpu_path.name not in cpu_part and "H100" in gpu_part
+    assert "| lstm_inference | ours_cpu | nn_lstm_cpu | 2 | 0.50x (batch=8 hidden=256) | 1.00x | " \
+           "1.50x (batch=1 hidden=256) |" in cpu_part
+    with pytest.raises(ValueError, match="no results section"):
+        benchmark.update_readme(cpu_path.with_suffix(".md").write_text("x") and cpu_path.with_suffix(".md"),
+                                [cpu_path])
