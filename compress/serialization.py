@@ -20,12 +20,21 @@ _FORMAT = "compress-1"
 
 
 def _converted_modules() -> dict:
+    """Modules whose state_dict differs from the torch module they replace (the fused dense RNNs
+    share torch's, so they load into a torch skeleton as they are)."""
     from compress.nn import Int8Linear, SparseLinear
-    return {"Int8Linear": Int8Linear, "SparseLinear": SparseLinear}
+    from compress.nn.rnn import INT8, SPARSE
+    rnn = {c.__name__: c for c in list(INT8.values()) + list(SPARSE.values())}
+    return {"Int8Linear": Int8Linear, "SparseLinear": SparseLinear, **rnn}
 
 
 def _spec(mod: nn.Module) -> dict | None:
     name = type(mod).__name__
+    if name in _converted_modules() and hasattr(type(mod), "init_args"):  # the int8 / sparse RNNs
+        args = type(mod).init_args(mod)
+        if hasattr(mod, "block"):
+            args["block"] = list(mod.block)
+        return {"type": name, "args": args}
     if name == "Int8Linear":
         return {"type": name, "args": {"in_features": mod.in_features, "out_features": mod.out_features,
                                        "bias": mod.bias is not None, "mode": mod.mode}}
@@ -77,8 +86,9 @@ def load(model: nn.Module, path: str | Path, device=None) -> nn.Module:
         if _spec(old) == spec:
             continue  # already converted the same way
         args = dict(spec["args"])
-        for k in ("in_features", "out_features"):
-            if getattr(old, k, args[k]) != args[k]:
+        for k in ("in_features", "out_features", "input_size", "hidden_size", "num_layers", "proj_size",
+                  "bidirectional"):
+            if k in args and getattr(old, k, args[k]) != args[k]:
                 raise ValueError(f"compress.load: {name!r} has {k}={getattr(old, k)} in the model but "
                                  f"{args[k]} in the file")
         replacements[name] = classes[spec["type"]](**args, device=device)
@@ -98,8 +108,13 @@ def load(model: nn.Module, path: str | Path, device=None) -> nn.Module:
         raise ValueError(f"compress.load: {path} does not match the model: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}")
     variable = {"values", "meta", "crow", "col", "rows"}  # SparseLinear sizes come from the file
+
+    def is_variable(key):  # ... and the sparse RNNs' <weight>_crow / _col / _values
+        last = key.rsplit(".", 1)[-1]
+        return last in variable or last.endswith(("_crow", "_col", "_values"))
+
     for k, v in expected.items():
-        if k.rsplit(".", 1)[-1] not in variable and tuple(v.shape) != tuple(tensors[k].shape):
+        if not is_variable(k) and tuple(v.shape) != tuple(tensors[k].shape):
             raise ValueError(f"compress.load: {k} has shape {tuple(tensors[k].shape)} in the file, "
                              f"{tuple(v.shape)} in the model")
     for name, new in replacements.items():

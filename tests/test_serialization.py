@@ -82,3 +82,41 @@ def test_corrupted_file(tmp_path):
     save_file({"a": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="not written by compress.save"):
         compress.load(skeleton, tmp_path / "plain.safetensors")
+
+
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.lstm = nn.LSTM(16, 32, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(64, 32)
+        self.cell = nn.LSTMCell(32, 32)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y)
+        return self.cell(y[-1])[0]
+
+
+def test_int8_and_sparse_rnns_round_trip_into_an_unconverted_skeleton(tmp_path):
+    from compress.nn import Int8LSTM, Int8LSTMCell, SparseGRU
+    m = _Recurrent()
+    compress.prune(m, 0.8, structure="block", block=(16, 16), filter_fn=lambda mod, n: n == "gru")
+    compress.prune.remove(m)
+    compress.sparsify(m, format="bsr", block=(16, 16), filter_fn=lambda mod, n: n == "gru")
+    compress.quantize(m, filter_fn=lambda mod, n: n != "gru")
+    assert isinstance(m.lstm, Int8LSTM) and isinstance(m.gru, SparseGRU) and isinstance(m.cell, Int8LSTMCell)
+    path = tmp_path / "rnn.safetensors"
+    compress.save(m, path)
+    skeleton = _Recurrent()
+    compress.load(skeleton, path)
+    assert [type(c) for c in (skeleton.lstm, skeleton.gru, skeleton.cell)] == [Int8LSTM, SparseGRU, Int8LSTMCell]
+    x = torch.randn(5, 3, 16)
+    with torch.no_grad():
+        assert torch.equal(skeleton(x), m(x))
+    # a skeleton whose RNN has another size is refused before anything changes
+    bad = _Recurrent()
+    bad.lstm = nn.LSTM(16, 48, num_layers=2, bidirectional=True)
+    with pytest.raises(ValueError, match="'lstm' has hidden_size=48 in the model but 32 in the file"):
+        compress.load(bad, path)
+    assert type(bad.lstm) is nn.LSTM and type(bad.gru) is nn.GRU
