@@ -166,6 +166,117 @@ def test_native_op_checks_inputs():
         torch.ops.compress.lstm_layer.default(xg, h0, c0, w.double(), None, lengths, False)
 
 
+# ---- CUDA kernels (csrc/rnn/rnn_cuda.cu) -------------------------------------------------------
+# Two paths: persistent (one cooperative launch, weight slices in shared memory, B <= 16) and
+# stepwise (one or two launches per step, any shape). The backend tests above run whichever `auto`
+# picks (persistent at their sizes); here COMPRESS_RNN_CUDA_PATH forces each.
+
+# (T, B, H, P, lengths, reverse): B = 16 (the largest persistent batch), 6 and 7 (a partial group of
+# 4 rows), H = 1 / 3 (fewer units than a block's warps) and 130 (several units per block), P > H.
+CUDA_PATH_CASES = [(1, 1, 1, 0, False, False), (5, 3, 17, 7, True, True), (4, 16, 33, 5, True, False),
+                   (3, 6, 130, 0, True, True), (3, 2, 3, 2, True, False), (2, 7, 10, 13, False, True)]
+
+
+def _cuda_cases(op, T, B, H, P, L, R, **kw):
+    args = _cases(op, T, B, H, P, L, R, "cuda", **kw)
+    if args[-2] is not None:
+        args[-2][0] = 0  # a row that never runs: its state passes through, its y is 0
+    return args
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+@pytest.mark.parametrize("op", ["lstm_layer", "gru_layer"])
+@pytest.mark.parametrize("T,B,H,P,L,R", CUDA_PATH_CASES,
+                         ids=[f"T{T}-B{B}-H{H}-P{P}-len{int(L)}-rev{int(R)}" for T, B, H, P, L, R in CUDA_PATH_CASES])
+def test_cuda_paths(monkeypatch, path, op, T, B, H, P, L, R):
+    monkeypatch.setenv("COMPRESS_RNN_CUDA_PATH", path)
+    args = _cuda_cases(op, T, B, H, P, L, R)
+    with poisoned_outputs():
+        out = run(op, "cuda", *args)
+    ref = getattr(ops, f"{op}_reference")(*args)
+    for i, (o, r) in enumerate(zip(out, ref)):
+        assert_close_scaled(o, r, 1e-5, f"cuda {path} {op} output {i}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+@pytest.mark.parametrize("op", ["lstm_layer", "gru_layer"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_paths_half_dtypes(monkeypatch, path, op, dtype):
+    # 16-bit weights are widened in the kernel (shared-memory copy in the persistent path).
+    monkeypatch.setenv("COMPRESS_RNN_CUDA_PATH", path)
+    args = _cuda_cases(op, 5, 6, 37, 7, True, False, dtype=dtype)
+    out = run(op, "cuda", *args)
+    for i, (o, r) in enumerate(zip(out, getattr(ops, f"{op}_reference")(*args))):
+        assert_close_scaled(o, r, 2 * FLOAT_TOL[dtype], f"cuda {path} {op} {dtype} output {i}")
+
+
+# Larger shapes under `auto` and forced stepwise: B = 20 and 37 are above the persistent batch limit
+# (37: three 16-row slices); H = 1100 is persistent where its 170 KB float32 slice fits (H100, not
+# A100). float32 sums over up to 1100 products of pre-activations around 10 differ from cuBLAS's
+# order by ~1e-5 of the largest output, hence 1e-4.
+CUDA_LARGE = [("lstm_layer", 3, 20, 40, 7), ("gru_layer", 3, 37, 29, 0), ("lstm_layer", 2, 2, 1100, 0),
+              ("gru_layer", 2, 2, 1100, 0), ("lstm_layer", 2, 4, 600, 300)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("path", ["auto", "stepwise"])
+@pytest.mark.parametrize("op,T,B,H,P", CUDA_LARGE, ids=[f"{o}-T{T}-B{B}-H{H}-P{P}" for o, T, B, H, P in CUDA_LARGE])
+def test_cuda_large_shapes(monkeypatch, path, op, T, B, H, P):
+    monkeypatch.setenv("COMPRESS_RNN_CUDA_PATH", path)
+    args = _cuda_cases(op, T, B, H, P, True, True)
+    with poisoned_outputs():
+        out = run(op, "cuda", *args)
+    for i, (o, r) in enumerate(zip(out, getattr(ops, f"{op}_reference")(*args))):
+        assert_close_scaled(o, r, 1e-4, f"cuda {path} {op} output {i}")
+
+
+@pytest.mark.cuda
+def test_cuda_strided_inputs():
+    # xg of any strides (a transposed view), weights as transposed views, h0 / c0 column slices.
+    g = torch.Generator().manual_seed(5)
+    T, B, H, P = 4, 3, 13, 6
+    xg = torch.randn(B, T, 4 * H, generator=g).cuda().transpose(0, 1)
+    h0 = torch.randn(B, 2 * P, generator=g).cuda()[:, ::2]
+    c0 = torch.randn(B, H + 1, generator=g).cuda()[:, 1:]
+    w_hh = (torch.randn(P, 4 * H, generator=g) * 0.3).cuda().t()
+    w_hr = (torch.randn(H, P, generator=g) * 0.3).cuda().t()
+    for path in ("persistent", "stepwise"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("COMPRESS_RNN_CUDA_PATH", path)
+            out = run("lstm_layer", "cuda", xg, h0, c0, w_hh, w_hr, None, False)
+        for i, (o, r) in enumerate(zip(out, ops.lstm_layer_reference(xg, h0, c0, w_hh, w_hr))):
+            assert_close_scaled(o, r, 1e-5, f"cuda {path} strided output {i}")
+
+
+@pytest.mark.cuda
+def test_cuda_path_choice_errors(monkeypatch):
+    args = _cuda_cases("lstm_layer", 2, 17, 5, 0, False, False)
+    monkeypatch.setenv("COMPRESS_RNN_CUDA_PATH", "persistent")
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run .* B = 17"):
+        run("lstm_layer", "cuda", *args)
+    monkeypatch.setenv("COMPRESS_RNN_CUDA_PATH", "fast")
+    with pytest.raises(ValueError, match="COMPRESS_RNN_CUDA_PATH to be auto, persistent or stepwise, got 'fast'"):
+        run("lstm_layer", "cuda", *args)
+
+
+@pytest.mark.cuda
+def test_cuda_native_op_checks_inputs():
+    xg, h0, c0, w, wr, lengths, _ = lstm_args(4, 3, 5, 0, True, False, "cuda")
+    with pytest.raises(ValueError, match="h0"):
+        torch.ops.compress.lstm_layer.default(xg, h0[:2], c0, w, None, lengths, False)
+    with pytest.raises(ValueError, match="expected `h0` on cuda"):
+        torch.ops.compress.lstm_layer.default(xg, h0.cpu(), c0, w, None, lengths, False)
+    with pytest.raises(ValueError, match="expected `lengths` on cuda"):
+        torch.ops.compress.lstm_layer.default(xg, h0, c0, w, None, lengths.cpu(), False)
+    with pytest.raises(TypeError, match="w_hh"):
+        torch.ops.compress.lstm_layer.default(xg, h0, c0, w.double(), None, lengths, False)
+    gx, gh, gw, gb, glen, _ = gru_args(4, 3, 5, True, True, False, "cuda")
+    with pytest.raises(ValueError, match="b_hh"):
+        torch.ops.compress.gru_layer.default(gx, gh, gw, gb[:14], glen, False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
     _need_kernel(backend, "lstm_layer")
