@@ -34,6 +34,8 @@ def check_sparse24_linear(x, values, meta, bias) -> None:
     _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
     _check_tensor(op, "values", values, (x.dtype,), 2)
     _check_tensor(op, "meta", meta, (torch.uint8,), 2)
+    if bias is not None:
+        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
     _check_same_device(op, "x", x, values=values, meta=meta, bias=bias)
     K = x.shape[1]
     if K % 4:
@@ -44,6 +46,11 @@ def check_sparse24_linear(x, values, meta, bias) -> None:
     if tuple(meta.shape) != (N, K // 4):
         raise ValueError(f"{op}: expected `meta` to be [N, K/4] = [{N}, {K // 4}], got {tuple(meta.shape)}")
     _check_x_values_bias(op, x, values, bias, N, 2)
+
+
+def _check_out_features(op, out_features):
+    if not isinstance(out_features, (int, torch.SymInt)) or isinstance(out_features, bool):
+        raise TypeError(f"{op}: expected `out_features` to be an int, got {type(out_features).__name__}")
 
 
 def _check_compressed(op, x, crow, col, values, out_features, bias, values_dim, rows):
@@ -63,14 +70,19 @@ def _check_compressed(op, x, crow, col, values, out_features, bias, values_dim, 
 
 def check_bsr_linear(x, crow, col, values, out_features, bias) -> None:
     op = "bsr_linear"
+    _check_out_features(op, out_features)
     if isinstance(values, Tensor) and values.dim() == 3:
         rows = -(-out_features // max(values.shape[1], 1))
     else:
         rows = 0
     _check_compressed(op, x, crow, col, values, out_features, bias, 3, rows)
+    if min(values.shape[1:]) < 1:
+        raise ValueError(f"{op}: expected `values` to be [nnz_blocks, bn, bk] with bn, bk >= 1, "
+                         f"got {tuple(values.shape)}")
 
 
 def check_csr_linear(x, crow, col, values, out_features, bias) -> None:
+    _check_out_features("csr_linear", out_features)
     _check_compressed("csr_linear", x, crow, col, values, out_features, bias, 1, out_features)
 
 
