@@ -1,14 +1,26 @@
 // CUDA implementations of (schemas defined from Python, compress/ops/rnn.py):
 //   compress::lstm_layer(xg, h0, c0, w_hh, w_hr?, lengths?, reverse) -> (y, h_n, c_n)
 //   compress::gru_layer(xg, h0, w_hh, b_hh?, lengths?, reverse) -> (y, h_n)
-// Torch glue only: checks (in the CPU kernel's order and wording, csrc/rnn/rnn_cpu.cpp), CUDAGuard
-// + the current stream, kernel-ready operands, one launcher call. Kernels: rnn_cuda.cu (contract
-// and the path rule in rnn_cuda.h / rnn_cuda.cu).
+//   compress::lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr?, w_hr_scale?, lengths?, reverse)
+//   compress::gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh?, lengths?, reverse)
+//   compress::lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr?, lengths?, reverse)
+//   compress::gru_layer_bsr(xg, h0, crow, col, values, b_hh?, lengths?, reverse)
+// Torch glue only: checks, CUDAGuard + the current stream, kernel-ready operands, one launcher
+// call. Kernels: rnn_cuda.cu (contract and the path rule in rnn_cuda.h / rnn_cuda.cu). The
+// compressed-weight ops check in the CPU kernel's order and wording (csrc/rnn/rnn_cpu.cpp), the
+// dense ones keep theirs.
 //
-// Operands: xg any strides (a contiguous copy when needed); w_hh [G*H, P] and w_hr [P, H] are read
-// in place when contiguous, 16-byte aligned and P (resp. H) % 4 == 0, else copied once per call
-// into zero-padded [G*H, Kp] / [P, Hp] buffers. State buffers are fresh float32: h [2, B, Kp]
-// (zero padding), c [B, H], hh [B, Hp]; h_n / c_n are rounded to the input dtype at the end.
+// Operands: xg any strides (a contiguous copy when needed); w_hh [G*H, P] and w_hr [P, H] (dense or
+// int8) are read in place when contiguous, 16-byte aligned and P (resp. H) % 4 == 0, else copied
+// once per call into zero-padded [G*H, Kp] / [P, Hp] buffers; int8 scales and BSR values contiguous.
+// State buffers are fresh float32: h [2, B, Kp] (zero padding), c [B, H], hh [B, Hp]; h_n / c_n are
+// rounded to the input dtype at the end.
+//
+// BSR indices: the contents of crow and col are checked here, as the CPU kernel does (the Python
+// checks skip them: they would cost a GPU sync). That copies both to pinned host memory and waits
+// for the stream once per call (the persistent path also sizes its shared memory from crow); a
+// cache keyed on the index tensors (as the CPU kernel's packed-weight cache) would spare the wait
+// for unchanged weights. The kernels read the device tensors.
 //
 // COMPRESS_RNN_CUDA_PATH=auto|persistent|stepwise (environment, read per call) forces a path, for
 // tests and benchmarks; `persistent` raises when that kernel cannot run the shape. c10/cuda only
@@ -24,14 +36,19 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "common.h"
 #include "rnn/rnn_cuda.h"
 
 namespace compress {
 namespace {
+
+using OptTensor = std::optional<at::Tensor>;
 
 RnnDtype rnn_dtype(c10::ScalarType t) {
   return t == at::kBFloat16 ? RnnDtype::kBFloat16 : (t == at::kHalf ? RnnDtype::kFloat16 : RnnDtype::kFloat32);
@@ -60,9 +77,11 @@ RnnPath requested_path(const char* op) {
   return RnnPath::kAuto;
 }
 
+// ------------------------------------------------------------------------------ dense op checks
 // Optional arguments are unpacked into locals named as the argument: the macros print the name.
+
 void check_common(const char* op, const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& w_hh,
-                  const std::optional<at::Tensor>& lengths_opt) {
+                  const OptTensor& lengths_opt) {
   COMPRESS_CHECK(op, xg.is_cuda(), "expected `xg` on a CUDA device, got ", xg.device());
   COMPRESS_CHECK_DEVICE(op, h0, xg.device());
   COMPRESS_CHECK_DEVICE(op, w_hh, xg.device());
@@ -90,6 +109,119 @@ void check_sizes(const char* op, int64_t B, int64_t H, int64_t P) {
                  "B, H and P must stay below 2^30, got B = ", B, ", H = ", H, ", P = ", P);
 }
 
+// ------------------------------------------------------------------- compressed-weight op checks
+// As rnn_cpu.cpp's (and compress/ops/rnn.py's), on xg's CUDA device.
+
+std::string py_shape(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+void check_tensor(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype, int64_t dim,
+                  const at::Device& dev) {
+  TORCH_CHECK_VALUE(t.device() == dev, op, ": expected `", name, "` on ", dev, ", got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": expected `", name, "` to be ", dtype_name(dtype), ", got ",
+                   dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": expected `", name, "` to be ", dim, "-D, got ", t.dim(),
+                    "-D with shape ", py_shape(t.sizes()));
+}
+
+void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
+                 const std::string& what) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": expected `", name, "` of shape ", py_shape(shape), " (", what,
+                    "), got ", py_shape(t.sizes()));
+}
+
+// xg [T, B, G*H] on a CUDA device; returns H.
+int64_t check_xg(const char* op, const at::Tensor& xg, int64_t G) {
+  TORCH_CHECK_VALUE(xg.is_cuda(), op, ": expected `xg` on a CUDA device, got ", xg.device());
+  const auto t = xg.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
+                   ": expected `xg` to be torch.float32 or torch.bfloat16 or torch.float16, got ", dtype_name(t));
+  TORCH_CHECK_VALUE(xg.dim() == 3, op, ": expected `xg` to be 3-D, got ", xg.dim(), "-D with shape ",
+                    py_shape(xg.sizes()));
+  COMPRESS_CHECK(op, xg.size(2) % G == 0, "expected `xg` to be [T, B, ", G, "H] (", G, " gates), got last dim ",
+                 xg.size(2), ", not divisible by ", G);
+  return xg.size(2) / G;
+}
+
+void check_lengths(const char* op, const OptTensor& lengths, int64_t B, const at::Device& dev) {
+  if (!lengths.has_value()) return;
+  check_tensor(op, "lengths", *lengths, at::kLong, 1, dev);
+  check_shape(op, "lengths", *lengths, {B}, "one length per batch row");
+}
+
+void check_lstm_states(const char* op, const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, int64_t H,
+                       int64_t P, const OptTensor& lengths) {
+  const int64_t B = xg.size(1);
+  check_tensor(op, "h0", h0, xg.scalar_type(), 2, xg.device());
+  check_tensor(op, "c0", c0, xg.scalar_type(), 2, xg.device());
+  check_shape(op, "h0", h0, {B, P}, "[B, P] with B = xg.shape[1] = " + std::to_string(B));
+  check_shape(op, "c0", c0, {B, H}, "[B, H] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
+  check_lengths(op, lengths, B, xg.device());
+  check_sizes(op, B, H, P);
+}
+
+void check_gru_states(const char* op, const at::Tensor& xg, const at::Tensor& h0, const OptTensor& b_hh, int64_t H,
+                      const OptTensor& lengths) {
+  const int64_t B = xg.size(1);
+  check_tensor(op, "h0", h0, xg.scalar_type(), 2, xg.device());
+  if (b_hh.has_value()) {
+    check_tensor(op, "b_hh", *b_hh, xg.scalar_type(), 1, xg.device());
+    check_shape(op, "b_hh", *b_hh, {3 * H}, "[3H] with H = " + std::to_string(H));
+  }
+  check_shape(op, "h0", h0, {B, H}, "[B, H] with B = xg.shape[1] = " + std::to_string(B));
+  check_lengths(op, lengths, B, xg.device());
+  check_sizes(op, B, H, H);
+}
+
+void check_w8(const char* op, const char* qname, const at::Tensor& q, const char* sname, const at::Tensor& s,
+              int64_t rows, int64_t cols, const at::Device& dev) {
+  check_tensor(op, qname, q, at::kChar, 2, dev);
+  check_tensor(op, sname, s, at::kFloat, 1, dev);
+  check_shape(op, qname, q, {rows, cols}, "the float weight's shape");
+  check_shape(op, sname, s, {rows}, std::string("one scale per row of `") + qname + "`");
+}
+
+// BSR of a [rows, K] weight (rows = G*H) whose block rows must not straddle the H-row gates, and
+// the index contents the kernels rely on: crow non-decreasing from 0 to nnz, col in
+// [0, ceil(K / bk)). Returns the host copy of crow ++ col (pinned; crow first) the planner reads.
+at::Tensor check_bsr(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                     at::ScalarType dtype, int64_t rows, int64_t H, int64_t K, const at::Device& dev) {
+  check_tensor(op, "crow", crow, at::kInt, 1, dev);
+  check_tensor(op, "col", col, at::kInt, 1, dev);
+  check_tensor(op, "values", values, dtype, 3, dev);
+  const int64_t bn = values.size(1), bk = values.size(2), nnz = col.size(0);
+  COMPRESS_CHECK(op, bn >= 1 && bk >= 1 && H % bn == 0, "expected `values` blocks [nnz, bn, bk] with bn dividing H = ",
+                 H, " (a block row must lie within one gate), got ", py_shape(values.sizes()));
+  check_shape(op, "crow", crow, {rows / bn + 1},
+              "one entry per block row of the [" + std::to_string(rows) + ", " + std::to_string(K) +
+                  "] weight, plus 1");
+  check_shape(op, "col", col, {values.size(0)}, "one block column per stored block");
+  COMPRESS_CHECK(op, bk <= kRnnMaxDim, "expected `values` blocks of at most 2^30 columns, got bk = ", bk);
+
+  const int64_t R = rows / bn;
+  at::Tensor host = at::empty({R + 1 + nnz}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  host.narrow(0, 0, R + 1).copy_(crow, /*non_blocking=*/true);
+  host.narrow(0, R + 1, nnz).copy_(col, /*non_blocking=*/true);
+  c10::cuda::getCurrentCUDAStream(dev.index()).synchronize();
+  const int32_t* c = host.const_data_ptr<int32_t>();
+  COMPRESS_CHECK(op, c[0] == 0, "expected `crow[0]` to be 0, got ", c[0]);
+  for (int64_t r = 0; r < R; ++r)
+    COMPRESS_CHECK(op, c[r] <= c[r + 1], "expected `crow` to be non-decreasing, got crow[", r, "] = ", c[r],
+                   " > crow[", r + 1, "] = ", c[r + 1]);
+  COMPRESS_CHECK(op, c[R] == nnz, "expected `crow[-1]` to be col.size(0) = ", nnz, ", got ", c[R]);
+  const int32_t* cl = c + R + 1;
+  const int64_t limit = (K + bk - 1) / bk;
+  for (int64_t i = 0; i < nnz; ++i)
+    COMPRESS_CHECK(op, cl[i] >= 0 && cl[i] < limit, "expected `col` entries in [0, ", limit,
+                   ") (block columns: ceil(P / bk)), got col[", i, "] = ", cl[i]);
+  return host;
+}
+
+// ------------------------------------------------------------------------------------- launch
+
 // Runs the launcher; raises with the op and sizes on a launch error.
 void launch(const char* op, const RnnCudaProblem& p, const at::Device& device) {
   const RnnPath want = requested_path(op);
@@ -104,18 +236,152 @@ void launch(const char* op, const RnnCudaProblem& p, const at::Device& device) {
               ", B=", p.B, ", H=", p.H, ", P=", p.P, ")");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(const at::Tensor& xg, const at::Tensor& h0,
-                                                               const at::Tensor& c0, const at::Tensor& w_hh,
-                                                               const std::optional<at::Tensor>& w_hr_opt,
-                                                               const std::optional<at::Tensor>& lengths_opt,
-                                                               bool reverse) {
+// The weight operands of one call: `set(p)` points p's weight fields at kernel-ready tensors and
+// returns them (they must outlive the launch call; the caching allocator orders their reuse after
+// the kernels on this stream). Called only when there is a step to run. The setters below capture
+// their tensors by value (reference-counted handles).
+using SetWeights = std::function<std::vector<at::Tensor>(RnnCudaProblem&)>;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_lstm(const char* op, const at::Tensor& xg, const at::Tensor& h0,
+                                                        const at::Tensor& c0, int64_t H, int64_t P, bool proj,
+                                                        const OptTensor& lengths_opt, bool reverse,
+                                                        const SetWeights& set) {
+  c10::cuda::CUDAGuard guard(xg.device());
+  const int64_t T = xg.size(0), B = xg.size(1);
+  const auto dt = xg.scalar_type();
+  const auto f32 = xg.options().dtype(at::kFloat);
+  const int64_t Kp = round_up(P, kRnnPad), Hp = round_up(H, kRnnPad);
+  at::Tensor y = at::empty({T, B, P}, xg.options());
+  at::Tensor hbuf = at::zeros({2, B, Kp}, f32);
+  hbuf[0].narrow(1, 0, P).copy_(h0);
+  at::Tensor c = at::empty({B, H}, f32);
+  c.copy_(c0);
+  if (T > 0 && B > 0) {
+    const at::Tensor x = xg.contiguous();
+    at::Tensor hh = proj ? at::zeros({B, Hp}, f32) : at::Tensor();
+    const at::Tensor len = lengths_opt.has_value() ? lengths_opt->contiguous() : at::Tensor();
+    RnnCudaProblem p;
+    p.cell = RnnCell::kLstm;
+    p.dtype = rnn_dtype(dt);
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.P = P;
+    p.reverse = reverse;
+    p.proj = proj;
+    p.xg = x.const_data_ptr();
+    p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    p.h = hbuf.mutable_data_ptr<float>();
+    p.c = c.mutable_data_ptr<float>();
+    p.hh = hh.defined() ? hh.mutable_data_ptr<float>() : nullptr;
+    p.y = y.mutable_data_ptr();
+    const std::vector<at::Tensor> keep = set(p);
+    launch(op, p, xg.device());
+  }
+  at::Tensor h_n = at::empty({B, P}, xg.options());
+  h_n.copy_(hbuf[T % 2].narrow(1, 0, P));
+  return {y, h_n, c.to(dt)};
+}
+
+std::tuple<at::Tensor, at::Tensor> run_gru(const char* op, const at::Tensor& xg, const at::Tensor& h0, int64_t H,
+                                           const OptTensor& b_hh_opt, const OptTensor& lengths_opt, bool reverse,
+                                           const SetWeights& set) {
+  c10::cuda::CUDAGuard guard(xg.device());
+  const int64_t T = xg.size(0), B = xg.size(1);
+  const auto f32 = xg.options().dtype(at::kFloat);
+  const int64_t Kp = round_up(H, kRnnPad);
+  at::Tensor y = at::empty({T, B, H}, xg.options());
+  at::Tensor hbuf = at::zeros({2, B, Kp}, f32);
+  hbuf[0].narrow(1, 0, H).copy_(h0);
+  if (T > 0 && B > 0) {
+    const at::Tensor x = xg.contiguous();
+    const at::Tensor bias = b_hh_opt.has_value() ? b_hh_opt->to(at::kFloat).contiguous() : at::Tensor();
+    const at::Tensor len = lengths_opt.has_value() ? lengths_opt->contiguous() : at::Tensor();
+    RnnCudaProblem p;
+    p.cell = RnnCell::kGru;
+    p.dtype = rnn_dtype(xg.scalar_type());
+    p.T = T;
+    p.B = B;
+    p.H = H;
+    p.P = H;
+    p.reverse = reverse;
+    p.xg = x.const_data_ptr();
+    p.b_hh = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+    p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    p.h = hbuf.mutable_data_ptr<float>();
+    p.y = y.mutable_data_ptr();
+    const std::vector<at::Tensor> keep = set(p);
+    launch(op, p, xg.device());
+  }
+  at::Tensor h_n = at::empty({B, H}, xg.options());
+  h_n.copy_(hbuf[T % 2].narrow(1, 0, H));
+  return {y, h_n};
+}
+
+// Weight setters, one per storage. `w_hr` / `qw_hr` absent: no projection operand.
+
+SetWeights dense_weights(const at::Tensor& w_hh, const OptTensor& w_hr) {
+  return [=](RnnCudaProblem& p) -> std::vector<at::Tensor> {
+    const at::Tensor w = padded_rows(w_hh, round_up(p.P, kRnnPad));
+    const at::Tensor wr = w_hr.has_value() ? padded_rows(*w_hr, round_up(p.H, kRnnPad)) : at::Tensor();
+    p.weights = RnnWeights::kDense;
+    p.w_hh = w.const_data_ptr();
+    p.w_hr = wr.defined() ? wr.const_data_ptr() : nullptr;
+    return {w, wr};
+  };
+}
+
+SetWeights int8_weights(const at::Tensor& qw_hh, const at::Tensor& w_hh_scale, const OptTensor& qw_hr,
+                        const OptTensor& w_hr_scale) {
+  return [=](RnnCudaProblem& p) -> std::vector<at::Tensor> {
+    const at::Tensor q = padded_rows(qw_hh, round_up(p.P, kRnnPad)), s = w_hh_scale.contiguous();
+    at::Tensor qr, sr;
+    if (qw_hr.has_value()) {
+      qr = padded_rows(*qw_hr, round_up(p.H, kRnnPad));
+      sr = w_hr_scale->contiguous();
+    }
+    p.weights = RnnWeights::kInt8;
+    p.w_hh = q.const_data_ptr();
+    p.w_hh_scale = s.const_data_ptr<float>();
+    p.w_hr = qr.defined() ? qr.const_data_ptr() : nullptr;
+    p.w_hr_scale = sr.defined() ? sr.const_data_ptr<float>() : nullptr;
+    return {q, s, qr, sr};
+  };
+}
+
+// `host`: check_bsr's pinned copy of crow (then col).
+SetWeights bsr_weights(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                       const at::Tensor& host, const OptTensor& w_hr) {
+  return [=](RnnCudaProblem& p) -> std::vector<at::Tensor> {
+    const at::Tensor cr = crow.contiguous(), cl = col.contiguous(), v = values.contiguous();
+    const at::Tensor wr = w_hr.has_value() ? padded_rows(*w_hr, round_up(p.H, kRnnPad)) : at::Tensor();
+    p.weights = RnnWeights::kBsr;
+    p.w_hh = v.const_data_ptr();
+    p.crow = cr.const_data_ptr<int32_t>();
+    p.col = cl.const_data_ptr<int32_t>();
+    p.crow_host = host.const_data_ptr<int32_t>();
+    p.nnz = cl.size(0);
+    p.bn = v.size(1);
+    p.bk = v.size(2);
+    p.w_hr = wr.defined() ? wr.const_data_ptr() : nullptr;
+    return {cr, cl, v, wr};
+  };
+}
+
+// ------------------------------------------------------------------------------------------ ops
+
+using LstmOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using GruOut = std::tuple<at::Tensor, at::Tensor>;
+
+LstmOut lstm_layer_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+                        const OptTensor& w_hr_opt, const OptTensor& lengths_opt, bool reverse) {
   const char* op = "lstm_layer";
   check_common(op, xg, h0, w_hh, lengths_opt);
   COMPRESS_CHECK_DEVICE(op, c0, xg.device());
   COMPRESS_CHECK_DTYPE(op, c0, xg.scalar_type());
   COMPRESS_CHECK_DIM(op, c0, 2);
   COMPRESS_CHECK(op, xg.size(2) % 4 == 0, "expected `xg` to be [T, B, 4H], got last dim ", xg.size(2));
-  const int64_t T = xg.size(0), B = xg.size(1), H = xg.size(2) / 4;
+  const int64_t B = xg.size(1), H = xg.size(2) / 4;
   const int64_t P = w_hr_opt.has_value() ? w_hr_opt->size(0) : H;
   if (w_hr_opt.has_value()) {
     const at::Tensor& w_hr = *w_hr_opt;
@@ -131,53 +397,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(const at::Tensor&
   COMPRESS_CHECK(op, c0.size(0) == B && c0.size(1) == H, "expected `c0` of shape [", B, ", ", H, "], got ",
                  c0.sizes());
   check_sizes(op, B, H, P);
-
-  c10::cuda::CUDAGuard guard(xg.device());
-  const auto dt = xg.scalar_type();
-  const auto f32 = xg.options().dtype(at::kFloat);
-  const int64_t Kp = round_up(P, kRnnPad), Hp = round_up(H, kRnnPad);
-  at::Tensor y = at::empty({T, B, P}, xg.options());
-  at::Tensor hbuf = at::zeros({2, B, Kp}, f32);
-  hbuf[0].narrow(1, 0, P).copy_(h0);
-  at::Tensor c = at::empty({B, H}, f32);
-  c.copy_(c0);
-  if (T > 0 && B > 0) {
-    const at::Tensor x = xg.contiguous();
-    const at::Tensor w = padded_rows(w_hh, Kp);
-    const at::Tensor wr = w_hr_opt.has_value() ? padded_rows(*w_hr_opt, Hp) : at::Tensor();
-    at::Tensor hh = w_hr_opt.has_value() ? at::zeros({B, Hp}, f32) : at::Tensor();
-    const at::Tensor len = lengths_opt.has_value() ? lengths_opt->contiguous() : at::Tensor();
-    RnnCudaProblem p;
-    p.cell = RnnCell::kLstm;
-    p.dtype = rnn_dtype(dt);
-    p.T = T;
-    p.B = B;
-    p.H = H;
-    p.P = P;
-    p.reverse = reverse;
-    p.proj = w_hr_opt.has_value();
-    p.xg = x.const_data_ptr();
-    p.w_hh = w.const_data_ptr();
-    p.w_hr = wr.defined() ? wr.const_data_ptr() : nullptr;
-    p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
-    p.h = hbuf.mutable_data_ptr<float>();
-    p.c = c.mutable_data_ptr<float>();
-    p.hh = hh.defined() ? hh.mutable_data_ptr<float>() : nullptr;
-    p.y = y.mutable_data_ptr();
-    launch(op, p, xg.device());
-  }
-  at::Tensor h_n = at::empty({B, P}, xg.options());
-  h_n.copy_(hbuf[T % 2].narrow(1, 0, P));
-  return {y, h_n, c.to(dt)};
+  return run_lstm(op, xg, h0, c0, H, P, w_hr_opt.has_value(), lengths_opt, reverse, dense_weights(w_hh, w_hr_opt));
 }
 
-std::tuple<at::Tensor, at::Tensor> gru_layer_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& w_hh,
-                                                  const std::optional<at::Tensor>& b_hh_opt,
-                                                  const std::optional<at::Tensor>& lengths_opt, bool reverse) {
+GruOut gru_layer_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& w_hh, const OptTensor& b_hh_opt,
+                      const OptTensor& lengths_opt, bool reverse) {
   const char* op = "gru_layer";
   check_common(op, xg, h0, w_hh, lengths_opt);
   COMPRESS_CHECK(op, xg.size(2) % 3 == 0, "expected `xg` to be [T, B, 3H], got last dim ", xg.size(2));
-  const int64_t T = xg.size(0), B = xg.size(1), H = xg.size(2) / 3;
+  const int64_t B = xg.size(1), H = xg.size(2) / 3;
   COMPRESS_CHECK(op, w_hh.size(0) == 3 * H && w_hh.size(1) == H, "expected `w_hh` of shape [", 3 * H, ", ", H,
                  "], got ", w_hh.sizes());
   COMPRESS_CHECK(op, h0.size(0) == B && h0.size(1) == H, "expected `h0` of shape [", B, ", ", H, "], got ",
@@ -190,37 +418,59 @@ std::tuple<at::Tensor, at::Tensor> gru_layer_cuda(const at::Tensor& xg, const at
                    b_hh.sizes());
   }
   check_sizes(op, B, H, H);
+  return run_gru(op, xg, h0, H, b_hh_opt, lengths_opt, reverse, dense_weights(w_hh, std::nullopt));
+}
 
+LstmOut lstm_layer_w8_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& qw_hh,
+                           const at::Tensor& w_hh_scale, const OptTensor& qw_hr, const OptTensor& w_hr_scale,
+                           const OptTensor& lengths, bool reverse) {
+  const char* op = "lstm_layer_w8";
+  COMPRESS_CHECK(op, qw_hr.has_value() == w_hr_scale.has_value(),
+                 "expected `qw_hr` and `w_hr_scale` both given or both None");
+  const int64_t H = check_xg(op, xg, 4);
+  const at::Device dev = xg.device();
+  if (qw_hr.has_value()) check_tensor(op, "qw_hr", *qw_hr, at::kChar, 2, dev);
+  const int64_t P = qw_hr.has_value() ? qw_hr->size(0) : H;
+  check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, 4 * H, P, dev);
+  if (qw_hr.has_value()) check_w8(op, "qw_hr", *qw_hr, "w_hr_scale", *w_hr_scale, P, H, dev);
+  check_lstm_states(op, xg, h0, c0, H, P, lengths);
+  return run_lstm(op, xg, h0, c0, H, P, qw_hr.has_value(), lengths, reverse,
+                  int8_weights(qw_hh, w_hh_scale, qw_hr, w_hr_scale));
+}
+
+GruOut gru_layer_w8_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& qw_hh,
+                         const at::Tensor& w_hh_scale, const OptTensor& b_hh, const OptTensor& lengths, bool reverse) {
+  const char* op = "gru_layer_w8";
+  const int64_t H = check_xg(op, xg, 3);
+  check_gru_states(op, xg, h0, b_hh, H, lengths);
+  check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, 3 * H, H, xg.device());
+  return run_gru(op, xg, h0, H, b_hh, lengths, reverse, int8_weights(qw_hh, w_hh_scale, std::nullopt, std::nullopt));
+}
+
+LstmOut lstm_layer_bsr_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& crow,
+                            const at::Tensor& col, const at::Tensor& values, const OptTensor& w_hr,
+                            const OptTensor& lengths, bool reverse) {
+  const char* op = "lstm_layer_bsr";
+  const int64_t H = check_xg(op, xg, 4);
+  const at::Device dev = xg.device();
+  if (w_hr.has_value()) check_tensor(op, "w_hr", *w_hr, xg.scalar_type(), 2, dev);
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+  if (w_hr.has_value())
+    check_shape(op, "w_hr", *w_hr, {P, H}, "[P, H] with H = xg.shape[2] / 4 = " + std::to_string(H));
+  c10::cuda::CUDAGuard guard(dev);  // check_bsr waits for xg's device's current stream
+  const at::Tensor host = check_bsr(op, crow, col, values, xg.scalar_type(), 4 * H, H, P, dev);
+  check_lstm_states(op, xg, h0, c0, H, P, lengths);
+  return run_lstm(op, xg, h0, c0, H, P, w_hr.has_value(), lengths, reverse, bsr_weights(crow, col, values, host, w_hr));
+}
+
+GruOut gru_layer_bsr_cuda(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& crow, const at::Tensor& col,
+                          const at::Tensor& values, const OptTensor& b_hh, const OptTensor& lengths, bool reverse) {
+  const char* op = "gru_layer_bsr";
+  const int64_t H = check_xg(op, xg, 3);
+  check_gru_states(op, xg, h0, b_hh, H, lengths);
   c10::cuda::CUDAGuard guard(xg.device());
-  const auto f32 = xg.options().dtype(at::kFloat);
-  const int64_t Kp = round_up(H, kRnnPad);
-  at::Tensor y = at::empty({T, B, H}, xg.options());
-  at::Tensor hbuf = at::zeros({2, B, Kp}, f32);
-  hbuf[0].narrow(1, 0, H).copy_(h0);
-  if (T > 0 && B > 0) {
-    const at::Tensor x = xg.contiguous();
-    const at::Tensor w = padded_rows(w_hh, Kp);
-    const at::Tensor bias = b_hh_opt.has_value() ? b_hh_opt->to(at::kFloat).contiguous() : at::Tensor();
-    const at::Tensor len = lengths_opt.has_value() ? lengths_opt->contiguous() : at::Tensor();
-    RnnCudaProblem p;
-    p.cell = RnnCell::kGru;
-    p.dtype = rnn_dtype(xg.scalar_type());
-    p.T = T;
-    p.B = B;
-    p.H = H;
-    p.P = H;
-    p.reverse = reverse;
-    p.xg = x.const_data_ptr();
-    p.w_hh = w.const_data_ptr();
-    p.b_hh = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-    p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
-    p.h = hbuf.mutable_data_ptr<float>();
-    p.y = y.mutable_data_ptr();
-    launch(op, p, xg.device());
-  }
-  at::Tensor h_n = at::empty({B, H}, xg.options());
-  h_n.copy_(hbuf[T % 2].narrow(1, 0, H));
-  return {y, h_n};
+  const at::Tensor host = check_bsr(op, crow, col, values, xg.scalar_type(), 3 * H, H, H, xg.device());
+  return run_gru(op, xg, h0, H, b_hh, lengths, reverse, bsr_weights(crow, col, values, host, std::nullopt));
 }
 
 }  // namespace
@@ -228,6 +478,10 @@ std::tuple<at::Tensor, at::Tensor> gru_layer_cuda(const at::Tensor& xg, const at
 TORCH_LIBRARY_IMPL(compress, CUDA, m) {
   m.impl("lstm_layer", &lstm_layer_cuda);
   m.impl("gru_layer", &gru_layer_cuda);
+  m.impl("lstm_layer_w8", &lstm_layer_w8_cuda);
+  m.impl("gru_layer_w8", &gru_layer_w8_cuda);
+  m.impl("lstm_layer_bsr", &lstm_layer_bsr_cuda);
+  m.impl("gru_layer_bsr", &gru_layer_bsr_cuda);
 }
 
 }  // namespace compress

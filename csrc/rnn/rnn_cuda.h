@@ -1,4 +1,5 @@
-// Fused LSTM / GRU recurrence on CUDA (compress::lstm_layer, compress::gru_layer): the launcher.
+// Fused LSTM / GRU recurrence on CUDA (compress::lstm_layer, gru_layer and their compressed-weight
+// variants lstm_layer_w8, gru_layer_w8, lstm_layer_bsr, gru_layer_bsr): the launcher.
 // Plain C++ header: no torch. Kernels: rnn_cuda.cu; torch glue: rnn_cuda.cpp.
 //
 // Shapes as compress/ops/rnn.py: T steps, B batch rows, H hidden units, P the state width (LSTM
@@ -17,9 +18,17 @@
 
 namespace compress {
 
-// Element type of xg, w_hh, w_hr and y (one runtime switch between instantiations).
+// Element type of xg, y and of dense / block-sparse weight values (one runtime switch between
+// instantiations).
 enum class RnnDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 enum class RnnCell : int { kLstm = 0, kGru = 1 };
+// How w_hh (and w_hr) are stored:
+//   kDense  w_hh [G*H, Kp], w_hr [P, Hp] in the element type.
+//   kInt8   w_hh [G*H, Kp] int8 + w_hh_scale float32 [G*H]; w_hr [P, Hp] int8 + w_hr_scale [P]:
+//           w = q * scale[row] (the matvec sums q * h in float32, then scales the row's sum once).
+//   kBsr    w_hh block-sparse [G*H, P]: crow int32 [G*H/bn + 1], col int32 [nnz], values [nnz, bn,
+//           bk] contiguous in the element type; bn divides H. w_hr dense as kDense.
+enum class RnnWeights : int { kDense = 0, kInt8 = 1, kBsr = 2 };
 
 // kPersistent: one cooperative launch for the whole sequence (B <= kRnnPersistentMaxBatch and each
 // block's weight slice fits in shared memory). kStepwise: one or two plain launches per step, any
@@ -34,12 +43,25 @@ constexpr int64_t kRnnMaxDim = int64_t{1} << 30;
 struct RnnCudaProblem {
   RnnCell cell = RnnCell::kLstm;
   RnnDtype dtype = RnnDtype::kFloat32;
+  RnnWeights weights = RnnWeights::kDense;
   int64_t T = 0, B = 0, H = 0, P = 0;  // GRU: P == H
   bool reverse = false;
   bool proj = false;                 // LSTM with a projection w_hr (also when it is empty: P or H 0)
   const void* xg = nullptr;          // [T, B, G*H] contiguous, dtype
-  const void* w_hh = nullptr;        // [G*H, Kp] contiguous, dtype, zero padding, 16-byte aligned
+  const void* w_hh = nullptr;        // kDense / kInt8: [G*H, Kp] contiguous, zero padding, 16-byte
+                                     // aligned. kBsr: values [nnz, bn, bk] contiguous, dtype-aligned.
   const void* w_hr = nullptr;        // proj: [P, Hp] likewise (may be null when empty); else nullptr
+  const float* w_hh_scale = nullptr;  // kInt8: [G*H] float32; else nullptr
+  const float* w_hr_scale = nullptr;  // kInt8 with proj: [P] float32; else nullptr
+  // kBsr only. crow / col on the device (what the kernels read) and crow_host, a host copy of crow
+  // (the persistent path sizes each block's shared memory from it). Contents validated by the
+  // caller (crow from 0 to nnz non-decreasing, col in [0, ceil(P / bk))); the launcher re-checks
+  // crow_host, and the kernels clamp entry ranges into [0, nnz] and skip a col out of range, so
+  // contents that break the contract give wrong numbers, never an out-of-bounds access.
+  const int32_t* crow = nullptr;
+  const int32_t* col = nullptr;
+  const int32_t* crow_host = nullptr;
+  int64_t nnz = 0, bn = 0, bk = 0;
   const float* b_hh = nullptr;       // GRU: [3H] float32 or nullptr (adds nothing)
   const int64_t* lengths = nullptr;  // [B] or nullptr (every row runs all T steps); any values
   float* h = nullptr;   // [2, B, Kp] float32, 16-byte aligned: h[0] = h0 with zero padding
