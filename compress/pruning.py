@@ -220,6 +220,11 @@ def remove(model: nn.Module) -> int:
     Returns how many weights were unmasked."""
     n = 0
     for mod in model.modules():
+        if parametrize.is_parametrized(mod):
+            # A deep copy shares torch's generated Parametrized<Name> class with its original, and
+            # removing deletes the property from that class: give this module a class of its own first.
+            cls = type(mod)
+            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         for pname in list(getattr(mod, "parametrizations", {}).keys()):
             if _mask_of(mod, pname) is not None:
                 parametrize.remove_parametrizations(mod, pname, leave_parametrized=True)

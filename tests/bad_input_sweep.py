@@ -574,12 +574,8 @@ def _noncontiguous(args, *names):
 # predicate(op, route, args, corrupted names, detail) -> bool.
 KNOWN = {
     "triton-index-strides": (
-        "the Triton csr_linear / bsr_linear read crow, col (and csr values) as if contiguous, and the Triton "
-        "recurrences read lengths as if contiguous: a strided view gives a wrong result",
-        lambda op, route, args, names, detail: route == "triton" and (
-            op == "csr_linear" and _noncontiguous(args, "crow", "col", "values")
-            or op == "bsr_linear" and _noncontiguous(args, "crow", "col")
-            or op in RNN_OPS and _noncontiguous(args, "lengths"))),
+        "the Triton recurrences read lengths as if contiguous: a strided view gives a wrong result",
+        lambda op, route, args, names, detail: route == "triton" and op in RNN_OPS and _noncontiguous(args, "lengths")),
     "triton-state-layout": (
         "the Triton recurrences copy h0 / c0 with .float().clone(), which keeps a column-major layout, and then "
         "index them as row-major: a transposed h0 or c0 gives a wrong result",
@@ -591,12 +587,6 @@ KNOWN = {
         "so an inf / NaN scale does not give the reference's 0 * inf = NaN",
         lambda op, route, args, names, detail: route == "triton" and op in ("int8_linear", "w8a16_linear")
         and "non-finite reference elements differ" in detail),
-    "meta-duplicate-position": (
-        "sparse24_linear with a meta byte whose two 2-bit positions are equal: the C++ kernel adds "
-        "both values at that position, the reference (unpack_2_4's scatter_) keeps one",
-        lambda op, route, args, names, detail: op == "sparse24_linear" and "meta" in names
-        and isinstance(args["meta"], Tensor) and args["meta"].dtype == torch.uint8
-        and bool(((args["meta"] & 3) == ((args["meta"] >> 2) & 3)).any())),
     "cpp-bias-name": (
         "the int8_linear / w8a16_linear C++ checks name the bias `(*bias)` (COMPRESS_CHECK_DIM stringifies "
         "the expression *bias)",

@@ -84,3 +84,17 @@ def test_runs_on():
     assert not _backend._runs_on("8.0", (9, 0))
     assert _backend._runs_on("9.0a", (9, 0)) and not _backend._runs_on("9.0a", (10, 0))
     assert _backend._runs_on("8.0+PTX", (12, 0))
+
+
+def test_compile_fullgraph_as_the_first_call_of_a_process():
+    """Backend availability is looked up while Dynamo traces (nothing cached by an eager call yet)."""
+    import subprocess
+    import sys
+    code = ("import torch, compress\n"
+            "m = compress.nn.FusedLSTM(8, 16)\n"
+            "x = torch.randn(3, 2, 8)\n"
+            "y = torch.compile(m, fullgraph=True)(x)[0]\n"
+            "assert torch.allclose(y, m(x)[0]), 'compiled != eager'\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]

@@ -116,9 +116,20 @@ def _lstm(T=3, B=3, H=5):
 
 
 def _repro_triton_index_strides():
+    a = _lstm()
+    B = a["xg"].shape[1]
+    a["lengths"] = torch.arange(2 * B, dtype=torch.int64).flip(0)[::2] % (a["xg"].shape[0] + 1)
+    return "lstm_layer", "triton", a, ["lengths"]
+
+
+def test_triton_sparse_indices_with_strides_match():
+    """Formerly a known issue: the Triton csr_linear read a strided `col` as if contiguous."""
     x, c = _csr()
-    return "csr_linear", "triton", {"x": x, "crow": c.crow, "col": sweep.relayout(c.col, "strided"),
-                                    "values": c.values, "out_features": 5, "bias": None}, ["col"]
+    args = {"x": x, "crow": c.crow, "col": sweep.relayout(c.col, "strided"), "values": c.values,
+            "out_features": 5, "bias": None}
+    with ops.backend("triton"):
+        out = ops.csr_linear(*args.values())
+    sweep.assert_matches("csr_linear", out, ops.csr_linear_reference(*args.values()), args)
 
 
 def _repro_triton_state_layout():
@@ -171,13 +182,25 @@ REPRODUCERS = [
     ("triton-index-strides", _repro_triton_index_strides),
     ("triton-state-layout", _repro_triton_state_layout),
     ("triton-k0-scales", _repro_triton_k0_scales),
-    ("meta-duplicate-position", _repro_meta_duplicate_position),
     ("cpp-bias-name", _repro_cpp_bias_name),
     ("cpp-undefined-tensor", _repro_cpp_undefined_tensor),
     ("rnn-lengths-type", _repro_rnn_lengths_type),
     ("backend-choice-message", _repro_backend_choice_message),
     ("torch-bool-arg", _repro_torch_bool_arg),
 ]
+
+
+@pytest.mark.parametrize("route", ["native", "triton"])
+def test_sparse24_meta_naming_one_position_twice_adds_both(route):
+    """Formerly a known issue: the kernels add both values, and now so does the reference."""
+    op, _, args, _ = _repro_meta_duplicate_position()
+    values = list(args.values())
+    if route == "native":
+        out = torch.ops.compress.sparse24_linear.default(*values)
+    else:
+        with ops.backend("triton"):
+            out = ops.sparse24_linear(*values)
+    sweep.assert_matches(op, out, ops.sparse24_linear_reference(*values), args)
 
 
 def test_every_known_issue_has_a_reproducer():
@@ -205,9 +228,6 @@ def test_known_issue(known, make):
     assert outcome != "violation", detail  # the contract the known defect breaks
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the Triton csr_linear / bsr_linear read out of bounds for a malformed crow "
-                                       "(segfault under the interpreter; the CUDA kernels clamp instead)")
 def test_triton_malformed_crow_is_memory_safe(tmp_path):
     # Unvalidated index contents may give any result or error on the Triton backend, but no crash.
     code = ("import os, sys, torch; os.environ['TRITON_INTERPRET'] = '1'\n"

@@ -456,15 +456,6 @@ def test_dtensor_to_local_works(ranks):
         assert torch.equal(rec["dtensor_local"], q(probe_input().chunk(WORLD)[r]))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="torch's parametrize: a deep copy shares the generated Parametrized<Linear> class, and "
-                          "removing the copy's parametrization deletes the class's `weight` property")
-def test_prune_remove_on_a_deep_copy():
-    m = pruned_mlp()
-    compress.prune.remove(copy.deepcopy(m))
-    assert m[0].weight.shape == (24, 12)  # the original still works
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rank", type=int, required=True)

@@ -249,3 +249,15 @@ def test_rnn_filter_fn_and_global_scope():
     assert (m.cell.weight_hh != 0).all()
     pruned = [getattr(m.lstm, n) for n in ("weight_ih_l0", "weight_hh_l0", "weight_hr_l0")] + [m.lin.weight]
     assert 0.3 < sum(int((w == 0).sum()) for w in pruned) / sum(w.numel() for w in pruned) <= 0.65
+
+
+def test_remove_on_a_deep_copy_leaves_the_original_pruned():
+    import copy
+    m = model3()
+    compress.prune(m, 0.5)
+    c = copy.deepcopy(m)
+    assert compress.prune.remove(c) == 3
+    x = torch.randn(4, 64)
+    assert torch.equal(m(x), c(x))                      # the original still works, masks and all
+    assert isinstance(m[0].parametrizations.weight[0], WeightMask)
+    assert type(c[0]) is nn.Linear and (m[0].weight == 0).float().mean() == 0.5

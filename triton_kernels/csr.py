@@ -14,20 +14,22 @@ from compress.triton_kernels._launch import linear_out, on_device
 
 
 @triton.jit
-def _csr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, out_ptr, M, N,
+def _csr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, out_ptr, M, N, K, NNZ,
                        stride_xm, stride_xk, stride_om, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_NNZ: tl.constexpr):
     n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = rm < M
-    start = tl.load(crow_ptr + n)
-    end = tl.load(crow_ptr + n + 1)
+    # crow and col are not validated on this path: clamp them so a malformed index gives a wrong
+    # result, never an out-of-bounds access
+    start = tl.minimum(tl.maximum(tl.load(crow_ptr + n), 0), NNZ)
+    end = tl.minimum(tl.maximum(tl.load(crow_ptr + n + 1), start), NNZ)
     acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for j0 in range(start, end, BLOCK_NNZ):
         jj = j0 + tl.arange(0, BLOCK_NNZ)
-        ok = jj < end
-        c = tl.load(col_ptr + jj, mask=ok, other=0)
+        c = tl.load(col_ptr + jj, mask=jj < end, other=0)
+        ok = (jj < end) & (c >= 0) & (c < K)
         v = tl.load(v_ptr + jj, mask=ok, other=0.0).to(tl.float32)
         xg = tl.load(x_ptr + rm[:, None].to(tl.int64) * stride_xm + c[None, :].to(tl.int64) * stride_xk,
                      mask=m_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
@@ -44,10 +46,11 @@ def csr_linear(x, crow, col, values, out_features, bias) -> torch.Tensor:
     out, bias, done = linear_out(x, N, bias)
     if done:
         return out
+    crow, col, values = crow.contiguous(), col.contiguous(), values.contiguous()
     block_m = min(16, triton.next_power_of_2(M))
     grid = (N, triton.cdiv(M, block_m))
     with on_device(x):
-        _csr_linear_kernel[grid](x, crow, col, values, bias if bias is not None else values, out, M, N,
-                                 x.stride(0), x.stride(1), out.stride(0), HAS_BIAS=bias is not None,
+        _csr_linear_kernel[grid](x, crow, col, values, bias if bias is not None else values, out, M, N, K,
+                                 col.shape[0], x.stride(0), x.stride(1), out.stride(0), HAS_BIAS=bias is not None,
                                  BLOCK_M=block_m, BLOCK_NNZ=16 if triton_interpreted() else 128)
     return out

@@ -43,7 +43,8 @@ def _sparse24_linear_kernel(x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, M, N, K, 
         v_row = v_ptr + rn[None, :].to(tl.int64) * stride_vn + 2 * grp[:, None]
         v0 = tl.load(v_row, mask=wmask, other=0.0)
         v1 = tl.load(v_row + 1, mask=wmask, other=0.0)
-        w = tl.where((meta & 3) == pos, v0, tl.where(((meta >> 2) & 3) == pos, v1, 0.0))  # [BLOCK_K, BLOCK_N] of W^T
+        # [BLOCK_K, BLOCK_N] of W^T; a (malformed) byte naming one position twice adds both, as the reference
+        w = tl.where((meta & 3) == pos, v0, 0.0) + tl.where(((meta >> 2) & 3) == pos, v1, 0.0)
         if DOT_F32:
             acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         else:

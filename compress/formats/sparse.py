@@ -59,11 +59,12 @@ def pack_2_4(w: Tensor) -> Sparse24:
 
 
 def unpack_2_4(values: Tensor, meta: Tensor) -> Tensor:
-    """Sparse24 parts -> dense W [N, K]."""
+    """Sparse24 parts -> dense W [N, K]. A malformed meta byte naming one position twice puts the
+    sum of its two values there (what every kernel computes)."""
     N, half = values.shape
     idx = torch.stack([meta & 3, (meta >> 2) & 3], dim=-1).long()  # [N, K/4, 2]
     dense = torch.zeros(N, half // 2, 4, dtype=values.dtype, device=values.device)
-    dense.scatter_(-1, idx, values.reshape(N, half // 2, 2))
+    dense.scatter_add_(-1, idx, values.reshape(N, half // 2, 2))
     return dense.reshape(N, half * 2)
 
 

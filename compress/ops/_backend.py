@@ -152,6 +152,7 @@ def last_choice(op: str) -> Optional[Choice]:
 
 # Availability predicates shared by every op.
 
+@torch.compiler.assume_constant_result  # a fact of the process: Dynamo evaluates it while tracing
 def _has_kernel(qualname: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
 
