@@ -514,13 +514,54 @@ for _name in ("compress::gru_layer", "compress::gru_layer_triton"):
 
 _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.default, lstm_layer_reference)
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
-# Compressed-weight variants: C++ CPU / CUDA kernels register themselves for the schemas.
-# TODO(triton): register_standard once the Triton custom ops exist.
-for _op, _ref in (("lstm_layer_w8", lstm_layer_w8_reference), ("gru_layer_w8", gru_layer_w8_reference),
-                  ("lstm_layer_bsr", lstm_layer_bsr_reference), ("gru_layer_bsr", gru_layer_bsr_reference)):
-    _backend.register(_op, "cpu", getattr(torch.ops.compress, _op).default, _backend.native_cpu(f"compress::{_op}"))
-    _backend.register(_op, "cuda", getattr(torch.ops.compress, _op).default, _backend.native_cuda(f"compress::{_op}"))
-    _backend.register(_op, "reference", _ref, _backend.always)
+
+
+# Compressed-weight variants (no autograd: inference only). Their C++ CPU / CUDA kernels register
+# themselves for the schemas compress::lstm_layer_w8 etc.
+
+@torch.library.custom_op("compress::lstm_layer_w8_triton", mutates_args=())
+def lstm_layer_w8_triton(xg: Tensor, h0: Tensor, c0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor,
+                         qw_hr: Optional[Tensor], w_hr_scale: Optional[Tensor], lengths: Optional[Tensor],
+                         reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
+    from compress.triton_kernels.rnn import lstm_layer_w8 as launch
+    return launch(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
+
+
+@torch.library.custom_op("compress::gru_layer_w8_triton", mutates_args=())
+def gru_layer_w8_triton(xg: Tensor, h0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor, b_hh: Optional[Tensor],
+                        lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor]:
+    check_gru_layer_w8(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+    from compress.triton_kernels.rnn import gru_layer_w8 as launch
+    return launch(xg, h0, qw_hh, w_hh_scale, b_hh, lengths, reverse)
+
+
+@torch.library.custom_op("compress::lstm_layer_bsr_triton", mutates_args=())
+def lstm_layer_bsr_triton(xg: Tensor, h0: Tensor, c0: Tensor, crow: Tensor, col: Tensor, values: Tensor,
+                          w_hr: Optional[Tensor], lengths: Optional[Tensor],
+                          reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    check_lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+    from compress.triton_kernels.rnn import lstm_layer_bsr as launch
+    return launch(xg, h0, c0, crow, col, values, w_hr, lengths, reverse)
+
+
+@torch.library.custom_op("compress::gru_layer_bsr_triton", mutates_args=())
+def gru_layer_bsr_triton(xg: Tensor, h0: Tensor, crow: Tensor, col: Tensor, values: Tensor, b_hh: Optional[Tensor],
+                         lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor]:
+    check_gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse)
+    from compress.triton_kernels.rnn import gru_layer_bsr as launch
+    return launch(xg, h0, crow, col, values, b_hh, lengths, reverse)
+
+
+lstm_layer_w8_triton.register_fake(_lstm_layer_w8_fake)
+gru_layer_w8_triton.register_fake(_gru_layer_w8_fake)
+lstm_layer_bsr_triton.register_fake(_lstm_layer_bsr_fake)
+gru_layer_bsr_triton.register_fake(_gru_layer_bsr_fake)
+_backend.register_standard("lstm_layer_w8", torch.ops.compress.lstm_layer_w8_triton.default, lstm_layer_w8_reference)
+_backend.register_standard("gru_layer_w8", torch.ops.compress.gru_layer_w8_triton.default, gru_layer_w8_reference)
+_backend.register_standard("lstm_layer_bsr", torch.ops.compress.lstm_layer_bsr_triton.default,
+                           lstm_layer_bsr_reference)
+_backend.register_standard("gru_layer_bsr", torch.ops.compress.gru_layer_bsr_triton.default, gru_layer_bsr_reference)
 
 
 def lstm_layer(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor] = None,
