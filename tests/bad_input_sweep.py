@@ -573,15 +573,6 @@ def _noncontiguous(args, *names):
 # passes unexpectedly and fails) and its entry here is removed with the xfail.
 # predicate(op, route, args, corrupted names, detail) -> bool.
 KNOWN = {
-    "triton-index-strides": (
-        "the Triton recurrences read lengths as if contiguous: a strided view gives a wrong result",
-        lambda op, route, args, names, detail: route == "triton" and op in RNN_OPS and _noncontiguous(args, "lengths")),
-    "triton-state-layout": (
-        "the Triton recurrences copy h0 / c0 with .float().clone(), which keeps a column-major layout, and then "
-        "index them as row-major: a transposed h0 or c0 gives a wrong result",
-        lambda op, route, args, names, detail: route == "triton" and op in RNN_OPS and any(
-            isinstance(args.get(n), Tensor) and args[n].dim() == 2 and min(args[n].shape) > 1
-            and args[n].stride(0) < args[n].stride(1) for n in ("h0", "c0"))),
     "triton-k0-scales": (
         "Triton int8_linear / w8a16_linear with K = 0 return the bias (or zeros) without applying the scales, "
         "so an inf / NaN scale does not give the reference's 0 * inf = NaN",

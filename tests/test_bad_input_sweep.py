@@ -115,11 +115,16 @@ def _lstm(T=3, B=3, H=5):
             "lengths": torch.tensor([3, 1, 2]), "reverse": False}
 
 
-def _repro_triton_index_strides():
+def test_triton_recurrence_with_strided_lengths_and_transposed_states():
+    """Formerly known issues: the Triton recurrences read a strided `lengths` as if contiguous and
+    indexed a transposed h0 / c0 as row-major."""
     a = _lstm()
-    B = a["xg"].shape[1]
-    a["lengths"] = torch.arange(2 * B, dtype=torch.int64).flip(0)[::2] % (a["xg"].shape[0] + 1)
-    return "lstm_layer", "triton", a, ["lengths"]
+    a["lengths"] = torch.tensor([3, 9, 1, 9, 2, 9])[::2]
+    a["h0"], a["c0"] = (sweep.relayout(a[k], "transposed") for k in ("h0", "c0"))
+    assert not a["lengths"].is_contiguous() and not a["h0"].is_contiguous()
+    with ops.backend("triton"):
+        out = ops.lstm_layer(*a.values())
+    sweep.assert_matches("lstm_layer", out, ops.lstm_layer_reference(*a.values()), a)
 
 
 def test_triton_sparse_indices_with_strides_match():
@@ -130,12 +135,6 @@ def test_triton_sparse_indices_with_strides_match():
     with ops.backend("triton"):
         out = ops.csr_linear(*args.values())
     sweep.assert_matches("csr_linear", out, ops.csr_linear_reference(*args.values()), args)
-
-
-def _repro_triton_state_layout():
-    a = _lstm()
-    a["h0"] = sweep.relayout(a["h0"], "transposed")
-    return "lstm_layer", "triton", a, ["h0"]
 
 
 def _repro_triton_k0_scales():
@@ -179,8 +178,6 @@ def _repro_torch_bool_arg():
 
 
 REPRODUCERS = [
-    ("triton-index-strides", _repro_triton_index_strides),
-    ("triton-state-layout", _repro_triton_state_layout),
     ("triton-k0-scales", _repro_triton_k0_scales),
     ("cpp-bias-name", _repro_cpp_bias_name),
     ("cpp-undefined-tensor", _repro_cpp_undefined_tensor),

@@ -233,6 +233,11 @@ class _Weight(NamedTuple):
         return {"BLOCK_B": bb, "ROWS": rows, "BK": bk, "NB": width // bkt, "BLOCK_H": bh, "BLOCK_K": bkt}
 
 
+def _state(s):
+    """A float32 row-major copy of a state (h0 / c0 may come transposed or strided)."""
+    return s.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -242,13 +247,13 @@ def _lstm(xg, h0, c0, w: _Weight, wr: Optional[_Weight], lengths, reverse):
     H, P = G // 4, h0.shape[1]
     dt = xg.dtype
     y = torch.empty((T, B, P), dtype=torch.float32, device=xg.device)
-    h = [h0.float().clone(), torch.empty((B, P), dtype=torch.float32, device=xg.device)]
-    c = c0.float().clone()
+    h = [_state(h0), torch.empty((B, P), dtype=torch.float32, device=xg.device)]
+    c = _state(c0)
     if T == 0 or B == 0:
         return y.to(dt), h[0].to(dt), c.to(dt)
     x = xg.float().contiguous()
     hh = torch.empty((B, H), dtype=torch.float32, device=xg.device) if wr is not None else y
-    len_arg = lengths if lengths is not None else y
+    len_arg = lengths.contiguous() if lengths is not None else y
     tiles = w.tiles(B, H, P)
     grid = (triton.cdiv(B, tiles["BLOCK_B"]), triton.cdiv(H, tiles["ROWS"]))
     if wr is not None:
@@ -271,11 +276,12 @@ def _gru(xg, h0, w: _Weight, b_hh, lengths, reverse):
     H = G // 3
     dt = xg.dtype
     y = torch.empty((T, B, H), dtype=torch.float32, device=xg.device)
-    h = [h0.float().clone(), torch.empty((B, H), dtype=torch.float32, device=xg.device)]
+    h = [_state(h0), torch.empty((B, H), dtype=torch.float32, device=xg.device)]
     if T == 0 or B == 0:
         return y.to(dt), h[0].to(dt)
     x = xg.float().contiguous()
     bias = None if b_hh is None else b_hh.float().contiguous()
+    lengths = None if lengths is None else lengths.contiguous()
     tiles = w.tiles(B, H, H)
     grid = (triton.cdiv(B, tiles["BLOCK_B"]), triton.cdiv(H, tiles["ROWS"]))
     with on_device(xg):
