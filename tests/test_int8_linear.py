@@ -71,6 +71,26 @@ def test_w8a16_matches_reference(backend, M, N, K, dtype):
     assert_close_scaled(out, ops.w8a16_linear_reference(x, qw, w_scale, b), FLOAT_TOL[dtype], f"{backend} {dtype}")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_w8a16_cpu_every_isa_path(threads):
+    # With AVX-512: M < 8, or M <= 32 when the weight holds >= 4 MiB, streams the weight in tiles of
+    # 4 rows x 16 k (9x1031x4097: row groups 4 + 4 + 1); else a float32 GEMM over packed blocks of
+    # 512 k x 256 columns in panels of 6 rows x 64 columns: shapes across and off all of those.
+    order = ["scalar", "avx2", "avx512_vnni"]
+    torch.set_num_threads(threads)
+    for isa in order[: order.index(ops._C.detected_cpu_isa()) + 1]:
+        ops._C.set_cpu_isa(isa)
+        for M, N, K in [(1, 70, 1100), (7, 5, 3), (9, 1031, 4097), (8, 1, 1), (9, 65, 63), (13, 300, 1030),
+                        (40, 257, 513)]:
+            for dtype in (torch.float32, torch.bfloat16):
+                x, qw = make_float(M, K, "cpu", dtype), make_int8(N, K, "cpu")
+                w_scale, b = torch.rand(N) / 50 + 1e-3, torch.randn(N)
+                with poisoned_outputs():
+                    out = run("w8a16_linear", "cpu", x, qw, w_scale, b)
+                assert_close_scaled(out, ops.w8a16_linear_reference(x, qw, w_scale, b), FLOAT_TOL[dtype],
+                                    f"cpu/{isa} {threads} threads {M}x{N}x{K} {dtype}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout_x,layout_w", [("transposed", "strided"), ("offset", "transposed")])
 def test_w8a16_layouts(backend, layout_x, layout_w):

@@ -98,6 +98,30 @@ def test_cpu_every_isa_path(threads):
         assert_exact(run("cpu", a, a.t()), torch.full((9, 9), 2**25, dtype=torch.int32), f"cpu/{isa} extremes")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_small_m_weight_layout(threads):
+    # The AVX-512 VNNI path for small M with b = W^T (k contiguous, as int8_linear passes the
+    # nn.Linear weight): M <= 8, or M <= 24 when W holds >= 4 MiB; 25 rows take the packed path.
+    # K not a multiple of its 64-byte steps, N not of its 4 / 8-column tiles, W a misaligned slice.
+    if "avx512_vnni" not in cpu_isas():
+        pytest.skip("this CPU lacks AVX-512 VNNI")
+    ops._C.set_cpu_isa("avx512_vnni")
+    torch.set_num_threads(threads)
+    shapes = [(M, N, K) for M in (1, 2, 3, 4, 5, 8) for N, K in [(1, 1), (7, 63), (13, 129), (70, 1000)]]
+    shapes += [(M, 1031, 4097) for M in (9, 17, 24, 25)]
+    for M, N, K in shapes:
+        w = make_int8(N, K + 3, "cpu")[:, 2:K + 2]  # row stride K + 3, starting 2 bytes in
+        for layout_a in ("contiguous", "transposed"):
+            a = make_int8(M, K, "cpu", layout_a)
+            with poisoned_outputs():
+                out = run("cpu", a, w.t())
+            assert_exact(out, ops.int8_mm_reference(a, w.t()), f"{threads} threads {M}x{N}x{K} a {layout_a}")
+    for M in (1, 3, 17):  # 128 * 128 * 4097 < 2^31: exact; the +128 offset of W must not wrap
+        a = torch.full((M, 4097), -128, dtype=torch.int8)
+        w = torch.full((1031, 4097), -128, dtype=torch.int8)
+        assert_exact(run("cpu", a, w.t()), torch.full((M, 1031), 128 * 128 * 4097, dtype=torch.int32), f"{M} rows -128")
+
+
 def test_cpu_isa_errors():
     with pytest.raises(ValueError, match="expected `name`"):
         ops._C.set_cpu_isa("sse9")

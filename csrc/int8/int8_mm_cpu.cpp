@@ -18,6 +18,8 @@
 //     otherwise the block is first copied (to int16 for AVX2) into a per-thread buffer.
 //   - The microkernel keeps MR x NR int32 sums in registers over one KC-deep panel of B. VNNI
 //     uses KC = 4096 (a 256 KiB panel, still in L2), so for K <= 4096 C is written once.
+// Small M with k contiguous in B (b = W^T: the nn.Linear weight, as int8_linear passes it) skips
+// the packing on VNNI: dot products of rows of A and W, W streamed once (namespace dot below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>  // at::get_num_threads
 #include <torch/library.h>
@@ -29,17 +31,13 @@
 
 #include "common.h"
 #include "cpu_features.h"
+#include "int8/int8_cpu.h"  // thread_scratch, transposes
 #include "cpu_parallel.h"  // parallel_tasks: torch's own thread pool (why: see the header)
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define AVX2_TARGET __attribute__((target("avx2,fma")))
-// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized on its own _mm512_undefined_epi32()
-// (GCC bug 105593) wherever _mm512_shuffle_i32x4 / _mm512_slli_epi32 are inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 #endif
 
 namespace compress {
@@ -55,16 +53,6 @@ struct View {
 
 int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
-
-// Packing buffers, two per thread, kept between calls: allocating them afresh costs a page fault
-// per 4 KiB on every call (measured: ~800 faults, ~0.3 ms, per 1024^3 call). Their size is
-// bounded by the block sizes: under 3 MiB per thread.
-uint8_t* thread_scratch(int slot, int64_t bytes) {
-  thread_local std::vector<uint8_t> buf[2];
-  std::vector<uint8_t>& v = buf[slot];
-  if ((int64_t)v.size() < bytes + 64) v.resize(bytes + 64);
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
-}
 
 // Copies A[0:rows, 0:kc] into out[rows][kcp] (kcp >= kc) as T, padding k >= kc with `pad`. The
 // generic (strided) case: 16 k at a time, so a transposed A's 16 lines stay in L1 (even at a
@@ -102,18 +90,6 @@ struct Vnni {
       }
   }
 
-  // 4 x 4 transpose of 128-bit lanes: lane L of out[i] = lane i of in[L].
-  VNNI_TARGET static inline void transpose_lanes(const __m512i* in, __m512i* out) {
-    const __m512i x0 = _mm512_shuffle_i32x4(in[0], in[1], 0x44);
-    const __m512i x1 = _mm512_shuffle_i32x4(in[0], in[1], 0xEE);
-    const __m512i x2 = _mm512_shuffle_i32x4(in[2], in[3], 0x44);
-    const __m512i x3 = _mm512_shuffle_i32x4(in[2], in[3], 0xEE);
-    out[0] = _mm512_shuffle_i32x4(x0, x2, 0x88);
-    out[1] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
-    out[2] = _mm512_shuffle_i32x4(x1, x3, 0x88);
-    out[3] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
-  }
-
   // Stores one packed vector (16 columns x 4 k) and adds its column sums to cs[0:16].
   VNNI_TARGET static inline void put(TB* out, int32_t* cs, __m512i v) {
     _mm512_storeu_si512(out, v);
@@ -147,39 +123,35 @@ struct Vnni {
           const __m512i t3 = _mm512_unpackhi_epi8(r[2], r[3]);
           u[0] = _mm512_unpacklo_epi16(t0, t2), u[1] = _mm512_unpackhi_epi16(t0, t2);
           u[2] = _mm512_unpacklo_epi16(t1, t3), u[3] = _mm512_unpackhi_epi16(t1, t3);
-          transpose_lanes(u, v);
+          int8_cpu::transpose_lanes(u, v);
           for (int q = 0; q < 4; ++q)
             put(out + j * kcp * 64 + k * 64 + 64 * q, colsum + 64 * j + 16 * q, v[q]);
         }
     } else if (b.s0 == 1) {
       // k contiguous (the transpose of an [N, K] weight): 16 columns x 64 k at a time, a 16 x 16
       // transpose of dwords; one column group walks all of K (measured 5x faster than loading
-      // each column's 4 bytes, or gathering them).
+      // each column's 4 bytes, or gathering them). The group's column sums stay in 4 registers
+      // (summed through memory by put(), one serial chain, this ran at 8 GB/s in L2; now 30).
+      const __m512i ones = _mm512_set1_epi8(1);
       for (int64_t j = 0; j < panels; ++j)
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < 4; ++q) {
+          const int64_t n = n0 + 64 * j + 16 * q, cols = std::min<int64_t>(16, nc - (n - n0));
+          __m512i cs[4] = {zero, zero, zero, zero};
           for (int64_t k = 0; k < kcp; k += 64) {  // kc > k throughout
-            const int64_t n = n0 + 64 * j + 16 * q, cols = std::min<int64_t>(16, nc - (n - n0));
             const __mmask64 mask = kc - k >= 64 ? ~0ULL : (1ULL << (kc - k)) - 1;
-            __m512i r[16], t[16], u[16], v[4];
+            __m512i r[16], v[16];
             for (int c = 0; c < 16; ++c)
               r[c] = c < cols ? _mm512_maskz_loadu_epi8(mask, b.p + k0 + k + (n + c) * b.s1) : zero;
-            for (int c = 0; c < 16; c += 2) {  // t[c + e] lane L: dwords 4L + 2e, +1 of c, c + 1
-              t[c] = _mm512_unpacklo_epi32(r[c], r[c + 1]);
-              t[c + 1] = _mm512_unpackhi_epi32(r[c], r[c + 1]);
-            }
-            for (int c = 0; c < 16; c += 4) {  // u[c + e] lane L: dword 4L + e of c .. c + 3
-              u[c] = _mm512_unpacklo_epi64(t[c], t[c + 2]);
-              u[c + 1] = _mm512_unpackhi_epi64(t[c], t[c + 2]);
-              u[c + 2] = _mm512_unpacklo_epi64(t[c + 1], t[c + 3]);
-              u[c + 3] = _mm512_unpackhi_epi64(t[c + 1], t[c + 3]);
-            }
-            for (int e = 0; e < 4; ++e) {  // v[L]: dword (4 k) number 4L + e of all 16 columns
-              const __m512i in[4] = {u[e], u[4 + e], u[8 + e], u[12 + e]};
-              transpose_lanes(in, v);
-              for (int L = 0; L < 4 && k + 16 * L + 4 * e < kcp; ++L)
-                put(out + j * kcp * 64 + (k + 16 * L + 4 * e) * 64 + 64 * q, colsum + n - n0, v[L]);
+            int8_cpu::transpose_16x16_dwords(r, v);  // v[g]: k group g (4 k) of the 16 columns
+            for (int g = 0; g < 16 && k + 4 * g < kcp; ++g) {
+              _mm512_storeu_si512(out + j * kcp * 64 + (k + 4 * g) * 64 + 64 * q, v[g]);
+              cs[g % 4] = _mm512_dpbusd_epi32(cs[g % 4], ones, v[g]);
             }
           }
+          int32_t* c = colsum + n - n0;
+          const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(cs[0], cs[1]), _mm512_add_epi32(cs[2], cs[3]));
+          _mm512_storeu_si512(c, _mm512_add_epi32(_mm512_loadu_si512(c), sum));
+        }
     } else {  // any other strides: byte by byte
       for (int64_t j = 0; j < panels; ++j)
         for (int64_t k = 0; k < kcp; k += 4) {
@@ -358,8 +330,8 @@ void gemm(View a, View b, int64_t M, int64_t N, int64_t K, int32_t* c) {
   const int64_t nt = M * N * K < (1 << 20) ? 1 : at::get_num_threads();
   const int64_t items_n = std::min(nt, npanels), items_m = std::min(ceil_div(nt, items_n), mpanels);
   parallel_tasks(items_n * items_m, [&](int64_t item) {
-    TB* bpack = reinterpret_cast<TB*>(thread_scratch(0, KC * NC * sizeof(TB)));
-    TA* apack = reinterpret_cast<TA*>(thread_scratch(1, MC * KC * sizeof(TA)));
+    TB* bpack = reinterpret_cast<TB*>(int8_cpu::thread_scratch(0, KC * NC * sizeof(TB)));
+    TA* apack = reinterpret_cast<TA*>(int8_cpu::thread_scratch(1, MC * KC * sizeof(TA)));
     alignas(64) int32_t colsum[NC];
     const int64_t im = item / items_n, in = item % items_n;
     const int64_t m0 = im * mpanels / items_m * MR;
@@ -399,6 +371,103 @@ void gemm(View a, View b, int64_t M, int64_t N, int64_t K, int32_t* c) {
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Small M with k contiguous in B (b = W^T, W [N, K] the nn.Linear weight; row n of W starts at
+// b.p + n * b.s1): each C[m, n] is a dot product of two contiguous rows, so W is streamed once, in
+// place, with no packing. Reading W is the work here (1 or 2 multiply-adds per byte), and the
+// packed path's transpose of W cost more than the GEMM itself (1x4096x4096: 2.1 ms against 0.4-0.7
+// this way, one thread). W is the u8 operand, w + 128 (one xor per 64 bytes of W, shared by the
+// MR rows of A), A the s8 one; C = sum - 128 * rowsum(A), no column sums needed.
+namespace dot {
+
+constexpr int64_t kMaxM = 24;
+
+// Whether to take this path. One thread, against the packed GEMM (b = W^T; min of 20-30 runs on
+// a shared machine): 1x4096x4096 0.4-0.5 vs 1.6-1.8 ms, 8x4096x4096 1.2-1.4 vs 2.5-3.2,
+// 24x4096x4096 2.8-3.1 vs 3.7-4.1, 32x4096x4096 3.4-5.5 vs 4.2-4.5, 24x4096x11008 6.7 vs 9.8-10.5,
+// but 16x1024x1024 0.13-0.19 vs 0.12 ms: from M = 8 on, only when W is too large for the caches
+// to hold its packed copy (the packed GEMM reuses that better).
+bool use(View b, int64_t M, int64_t N, int64_t K) {
+  return b.s0 == 1 && (M <= 8 || (M <= kMaxM && N * K >= (int64_t{1} << 22)));
+}
+
+// C[0:MR, 0:nr] (row stride ldc) = A[0:MR, 0:K] . W[0:nr, 0:K]^T - comp[0:MR] (comp = 128 * row
+// sums of A). W: rows contiguous (stride ldw), rows past nr repeat the last one. A: row stride
+// lda, zero padded to a multiple of 64 k, so that W's bytes past K may be anything.
+template <int MR, int NR>
+VNNI_TARGET void tile(const int8_t* A, int64_t lda, const int8_t* W, int64_t ldw, int64_t K, int32_t* C,
+                      int64_t ldc, int nr, const int32_t* comp) {
+  static_assert(MR * NR <= 16, "one hsum16");
+  const __m512i x80 = _mm512_set1_epi8((char)0x80);
+  __m512i acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+  const int8_t* w[NR];
+  for (int n = 0; n < NR; ++n) w[n] = W + std::min(n, nr - 1) * ldw;
+  // The last partial 64 bytes of each row of W, copied so that every load is a plain one (masked
+  // loads in every step measured 1.35x slower; a separate masked last step made GCC keep acc in
+  // memory).
+  const int64_t kfull = K / 64 * 64;
+  alignas(64) int8_t wtail[NR][64];
+  if (kfull < K)
+    for (int n = 0; n < NR; ++n) std::memcpy(wtail[n], w[n] + kfull, K - kfull);
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512i wv[NR];
+#pragma GCC unroll 8
+    for (int n = 0; n < NR; ++n) {
+      // The next tile's rows into L2: one thread then streams W at 20-24 GB/s, not 11-15.
+      _mm_prefetch((const char*)(w[n] + NR * ldw + k), _MM_HINT_T1);
+      wv[n] = _mm512_xor_si512(_mm512_loadu_si512(k < kfull ? w[n] + k : wtail[n]), x80);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m512i av = _mm512_loadu_si512(A + m * lda + k);
+#pragma GCC unroll 8
+      for (int n = 0; n < NR; ++n) acc[m * NR + n] = _mm512_dpbusd_epi32(acc[m * NR + n], wv[n], av);
+    }
+  }
+  alignas(64) int32_t sum[16];
+  _mm512_store_si512(sum, int8_cpu::hsum16(acc));
+  for (int m = 0; m < MR; ++m)  // wrapping, as the vector sums did
+    for (int n = 0; n < nr; ++n) C[m * ldc + n] = int32_t(uint32_t(sum[m * NR + n]) - uint32_t(comp[m]));
+}
+
+// use(b, M, N, K); c: int32 [M, N] contiguous, K > 0.
+void gemm(View a, View b, int64_t M, int64_t N, int64_t K, int32_t* c) {
+  // A copied to rows of lda = K rounded up to 64, zero padded (M * K bytes, small here), and the
+  // compensation for W's + 128: 128 * the row sums of A.
+  const int64_t lda = round_up(K, 64);
+  std::vector<int8_t> apad(M * lda, 0);
+  int32_t comp[kMaxM];
+  for (int64_t i = 0; i < M; ++i) {
+    int64_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += apad[i * lda + k] = a.p[i * a.s0 + k * a.s1];
+    comp[i] = int32_t(uint32_t(s) * 128u);  // modulo 2^32, as the sums it is subtracted from
+  }
+  const int8_t* ap = apad.data();
+  // Tiles: 8 columns of W for 1-2 rows of A (more rows in flight to memory), else 4 columns x up to
+  // 4 rows; one W tile (4 rows) stays in L1 while the row groups of A pass over it.
+  using Tile = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t, int,
+                       const int32_t*);
+  const Tile tiles8[] = {nullptr, tile<1, 8>, tile<2, 8>};
+  const Tile tiles4[] = {nullptr, tile<1, 4>, tile<2, 4>, tile<3, 4>, tile<4, 4>};
+  const int NR = M <= 2 ? 8 : 4;
+  const int64_t tiles = ceil_div(N, NR);
+  const int64_t nt = std::min<int64_t>(tiles, M * N * K < (1 << 20) ? 1 : at::get_num_threads());
+  parallel_tasks(nt, [&](int64_t t) {
+    for (int64_t j = t * tiles / nt; j < (t + 1) * tiles / nt; ++j) {
+      const int64_t n = j * NR;
+      const int8_t* w = b.p + n * b.s1;
+      const int nr = (int)std::min<int64_t>(NR, N - n);
+      for (int64_t i = 0; i < M; i += 4) {
+        const Tile fn = NR == 8 ? tiles8[M] : tiles4[std::min<int64_t>(4, M - i)];
+        fn(ap + i * lda, lda, w, b.s1, K, c + i * N + n, N, nr, comp + i);
+      }
+    }
+  });
+}
+
+}  // namespace dot
+
 #endif  // __x86_64__
 
 // Scalar path: row i of C accumulates a[i, k] * b[k, :] in uint32 (wrapping, no UB) so the
@@ -435,7 +504,10 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
   [[maybe_unused]] const View bv{b.const_data_ptr<int8_t>(), b.stride(0), b.stride(1)};
   switch (active_cpu_isa()) {
 #if defined(__x86_64__)
-    case CpuIsa::Avx512Vnni: gemm<Vnni>(av, bv, M, N, K, c.data_ptr<int32_t>()); break;
+    case CpuIsa::Avx512Vnni:
+      if (dot::use(bv, M, N, K)) dot::gemm(av, bv, M, N, K, c.data_ptr<int32_t>());
+      else gemm<Vnni>(av, bv, M, N, K, c.data_ptr<int32_t>());
+      break;
     case CpuIsa::Avx2: gemm<Avx2>(av, bv, M, N, K, c.data_ptr<int32_t>()); break;
 #endif
     default: {
