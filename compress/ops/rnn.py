@@ -15,10 +15,10 @@ Variable lengths (PackedSequence): with `lengths` (int64 [B]), step t is active 
 t < lengths[b]. An inactive step leaves b's state unchanged and writes y[t, b] = 0, so with
 reverse=True row b starts from its own last valid step, as nn.LSTM does for packed input.
 
-Autograd: every backend's forward shares one backward (`_lstm_layer_backward`, `_gru_layer_backward`):
-plain-PyTorch backpropagation through time that first recomputes the forward's gate activations
-in float32 (nothing but the inputs is saved). The reference needs no registration: autograd runs
-through its own loop.
+Autograd: every backend's forward shares one backward, the ops `lstm_layer_backward` /
+`gru_layer_backward` (backpropagation through time that first recomputes the forward's gate
+activations in float32; nothing but the inputs is saved), dispatched to a backend like any op.
+The reference forward needs no registration: autograd runs through its own loop.
 """
 from __future__ import annotations
 
@@ -63,8 +63,7 @@ def _check_lengths(op, lengths, B):
         _check_shape(op, "lengths", lengths, (B,), "one length per batch row")
 
 
-def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse) -> None:
-    op = "lstm_layer"
+def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse, op="lstm_layer") -> None:
     _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
     same = (xg.dtype,)
     _check_tensor(op, "h0", h0, same, 2)
@@ -88,8 +87,7 @@ def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse) -> None:
         raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
 
 
-def check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse) -> None:
-    op = "gru_layer"
+def check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse, op="gru_layer") -> None:
     _check_tensor(op, "xg", xg, _FLOAT_DTYPES, 3)
     same = (xg.dtype,)
     _check_tensor(op, "h0", h0, same, 2)
@@ -181,13 +179,48 @@ torch.library.register_fake("compress::gru_layer", _gru_layer_fake, lib=lib)
 
 
 # ---------------------------------------------------------------------------------------------
-# Backward: backpropagation through time in plain PyTorch, float32, after recomputing the forward.
+# Backward ops: backpropagation through time for one layer and direction, float32 inside, after
+# recomputing the forward (nothing but the forward's inputs is saved). Every backend's forward
+# shares them through register_autograd below.
+#
+# lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
+#     -> (dxg, dh0, dc0, dw_hh, dw_hr)
+#   dy [T, B, P], dh_n [B, P], dc_n [B, H]: gradients of y, h_n, c_n in xg's dtype (zeros where
+#   the forward output was unused); the rest as lstm_layer. dxg, dh0, dc0, dw_hh shaped and typed
+#   as xg, h0, c0, w_hh; dw_hr [P, H], or an empty [0] tensor when w_hr is None (a schema cannot
+#   return an optional tensor to autograd's satisfaction: the caller maps it back to None).
+# gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse) -> (dxg, dh0, dw_hh, db_hh)
+#   dy [T, B, H], dh_n [B, H]; db_hh [3H], or an empty [0] tensor when b_hh is None.
 
-def _zeros_if_none(g, like):
-    return torch.zeros(like.shape, dtype=torch.float32, device=like.device) if g is None else g.float()
+lib.define("lstm_layer_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor xg, Tensor h0, Tensor c0, "
+           "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+lib.define("gru_layer_backward(Tensor dy, Tensor dh_n, Tensor xg, Tensor h0, Tensor w_hh, Tensor? b_hh, "
+           "Tensor? lengths, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
-def _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse):
+def _check_grads(op, xg, **grads):
+    for name, (g, shape) in grads.items():
+        _check_tensor(op, name, g, (xg.dtype,), len(shape))
+        _check_shape(op, name, g, shape, "the shape of the forward output it is the gradient of")
+    _check_same_device(op, "xg", xg, **{name: g for name, (g, _) in grads.items()})
+
+
+def check_lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse) -> None:
+    check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse, op="lstm_layer_backward")
+    T, B = xg.shape[:2]
+    _check_grads("lstm_layer_backward", xg, dy=(dy, (T, B, h0.shape[1])), dh_n=(dh_n, tuple(h0.shape)),
+                 dc_n=(dc_n, tuple(c0.shape)))
+
+
+def check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse) -> None:
+    check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse, op="gru_layer_backward")
+    T, B = xg.shape[:2]
+    _check_grads("gru_layer_backward", xg, dy=(dy, (T, B, h0.shape[1])), dh_n=(dh_n, tuple(h0.shape)))
+
+
+def lstm_layer_backward_reference(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False):
+    """Plain PyTorch BPTT, one step at a time in float32 (not itself differentiable)."""
+    check_lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
     T, B = xg.shape[:2]
     w = w_hh.float()
     wr = w_hr.float() if w_hr is not None else None
@@ -204,8 +237,8 @@ def _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, revers
         m = _active(lengths, t)
         saved[t] = (h, c, i, f, g, o, tc, hh, m)
         c, h = (c_new, h_new) if m is None else (torch.where(m, c_new, c), torch.where(m, h_new, h))
-    dy = _zeros_if_none(dy, torch.empty(T, B, h0.shape[1], device=xg.device))
-    dh, dc = _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
+    dy = dy.float()
+    dh, dc = dh_n.float(), dc_n.float()
     dxg = torch.empty(xg.shape, dtype=torch.float32, device=xg.device)
     dw = torch.zeros_like(w)
     dwr = torch.zeros_like(wr) if wr is not None else None
@@ -228,10 +261,12 @@ def _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, revers
         if m is not None:
             dh, dc = dh + dh_keep, dc + dc_keep
     return (dxg.to(xg.dtype), dh.to(h0.dtype), dc.to(c0.dtype), dw.to(w_hh.dtype),
-            dwr.to(w_hr.dtype) if w_hr is not None else None)
+            dwr.to(w_hr.dtype) if w_hr is not None else w_hh.new_empty(0))
 
 
-def _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
+def gru_layer_backward_reference(dy, dh_n, xg, h0, w_hh, b_hh=None, lengths=None, reverse=False):
+    """Plain PyTorch BPTT, one step at a time in float32 (not itself differentiable)."""
+    check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
     T, B = xg.shape[:2]
     w = w_hh.float()
     b = b_hh.float() if b_hh is not None else None
@@ -247,8 +282,8 @@ def _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
         m = _active(lengths, t)
         saved[t] = (h, r, z, n, an, m)
         h = h_new if m is None else torch.where(m, h_new, h)
-    dy = _zeros_if_none(dy, torch.empty(T, B, h0.shape[1], device=xg.device))
-    dh = _zeros_if_none(dh_n, h0)
+    dy = dy.float()
+    dh = dh_n.float()
     dxg = torch.empty(xg.shape, dtype=torch.float32, device=xg.device)
     dw = torch.zeros_like(w)
     db = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
@@ -268,7 +303,27 @@ def _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
         if m is not None:
             dh = dh + dh_keep
     return (dxg.to(xg.dtype), dh.to(h0.dtype), dw.to(w_hh.dtype),
-            db.to(b_hh.dtype) if b_hh is not None else None)
+            db.to(b_hh.dtype) if b_hh is not None else w_hh.new_empty(0))
+
+
+def _lstm_layer_backward_fake(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse):
+    check_lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    return (xg.new_empty(xg.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape), w_hh.new_empty(w_hh.shape),
+            w_hr.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0))
+
+
+def _gru_layer_backward_fake(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
+    check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
+    return (xg.new_empty(xg.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
+            b_hh.new_empty(b_hh.shape) if b_hh is not None else w_hh.new_empty(0))
+
+
+torch.library.register_fake("compress::lstm_layer_backward", _lstm_layer_backward_fake, lib=lib)
+torch.library.register_fake("compress::gru_layer_backward", _gru_layer_backward_fake, lib=lib)
+
+
+def _zeros_if_none(g, shape, like):
+    return torch.zeros(shape, dtype=like.dtype, device=like.device) if g is None else g
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -278,8 +333,11 @@ def _lstm_setup_context(ctx, inputs, output):
 
 def _lstm_backward(ctx, dy, dh_n, dc_n):
     xg, h0, c0, w_hh, w_hr, lengths = ctx.saved_tensors
-    grads = _lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse)
-    return (*grads, None, None)
+    dy = _zeros_if_none(dy, (*xg.shape[:2], h0.shape[1]), xg)
+    dh_n, dc_n = _zeros_if_none(dh_n, h0.shape, xg), _zeros_if_none(dc_n, c0.shape, xg)
+    dxg, dh0, dc0, dw, dwr = _backend.dispatch("lstm_layer_backward", xg.device)(
+        dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, ctx.reverse)
+    return dxg, dh0, dc0, dw, (dwr if w_hr is not None else None), None, None
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -289,8 +347,11 @@ def _gru_setup_context(ctx, inputs, output):
 
 def _gru_backward(ctx, dy, dh_n):
     xg, h0, w_hh, b_hh, lengths = ctx.saved_tensors
-    grads = _gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, ctx.reverse)
-    return (*grads, None, None)
+    dy = _zeros_if_none(dy, (*xg.shape[:2], h0.shape[1]), xg)
+    dh_n = _zeros_if_none(dh_n, h0.shape, xg)
+    dxg, dh0, dw, db = _backend.dispatch("gru_layer_backward", xg.device)(
+        dy, dh_n, xg, h0, w_hh, b_hh, lengths, ctx.reverse)
+    return dxg, dh0, dw, (db if b_hh is not None else None), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +576,11 @@ for _name in ("compress::gru_layer", "compress::gru_layer_triton"):
 _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.default, lstm_layer_reference)
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
 
+# The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp); no CUDA kernel yet (native_cuda
+# reports it missing); the Triton entry is the reference until a Triton backward exists.
+_backend.register_standard("lstm_layer_backward", lstm_layer_backward_reference, lstm_layer_backward_reference)
+_backend.register_standard("gru_layer_backward", gru_layer_backward_reference, gru_layer_backward_reference)
+
 
 # Compressed-weight variants (no autograd: inference only). Their C++ CPU / CUDA kernels register
 # themselves for the schemas compress::lstm_layer_w8 etc.
@@ -582,6 +648,24 @@ def gru_layer(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = Non
     [B] or None; reverse runs t = T-1 .. 0. Differentiable on every backend."""
     check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse)
     return _backend.dispatch("gru_layer", xg.device)(xg, h0, w_hh, b_hh, lengths, reverse)
+
+
+def lstm_layer_backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                        w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                        reverse: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dxg, dh0, dc0, dw_hh, dw_hr) of lstm_layer given those of (y, h_n, c_n); dw_hr is
+    an empty [0] tensor when w_hr is None. What lstm_layer's autograd calls."""
+    check_lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    return _backend.dispatch("lstm_layer_backward", xg.device)(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths,
+                                                               reverse)
+
+
+def gru_layer_backward(dy: Tensor, dh_n: Tensor, xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
+                       lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dxg, dh0, dw_hh, db_hh) of gru_layer given those of (y, h_n); db_hh is an empty [0]
+    tensor when b_hh is None. What gru_layer's autograd calls."""
+    check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
+    return _backend.dispatch("gru_layer_backward", xg.device)(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
 
 
 def lstm_layer_w8(xg: Tensor, h0: Tensor, c0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor, qw_hr: Optional[Tensor] = None,
