@@ -161,7 +161,7 @@ def bench_compressed(res, dev, cfg, min_s, sparsity=0.9, block=(32, 32)):
                     err = rel_err(conv.rnn(xs[0])[0], ref)
                     t = _timed(lambda x: conv.rnn(x), xs, dev, min_s)
                     t_dense = _timed(lambda x: dense(x), xs, dev, min_s)
-                common = dict(bench=f"{kind}_inference", impl=IMPL[backend], **_keys(*cfg), **keys, ms=t["ms"],
+                common = dict(bench=f"{kind}_inference", impl=IMPL[backend], **{**_keys(*cfg), **keys}, ms=t["ms"],
                               p20=round(t["p20"], 6), p80=round(t["p80"], 6), max_rel_err=err)
                 res.add(baseline="dense_fused", baseline_ms=t_dense["ms"], **common)
                 res.add(baseline=_torch_baseline(dev), baseline_ms=t_torch["ms"], **common)
