@@ -54,6 +54,10 @@ def sources(with_cuda):
         cuda_only = p.suffix == ".cu" or p.name.endswith("_cuda.cpp")
         if p.suffix in (".cpp", ".cu") and (with_cuda or not cuda_only):
             out.append(str(p.relative_to(ROOT)))
+    stems = [os.path.splitext(s)[0] for s in out]  # x.cu and x.cpp would both build x.o
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise SystemExit(f"setup.py: sources share an object name (rename one): {clash}")
     return out
 
 

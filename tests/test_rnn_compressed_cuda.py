@@ -1,5 +1,5 @@
 """CUDA-only cases of the compressed-recurrent-weight ops (lstm_layer_w8, gru_layer_w8,
-lstm_layer_bsr, gru_layer_bsr; kernels csrc/rnn/rnn_cuda.cu): both paths forced with
+lstm_layer_bsr, gru_layer_bsr; kernels csrc/rnn/rnn_recurrence.cu): both paths forced with
 COMPRESS_RNN_CUDA_PATH, shapes past the persistent path's limits, the int8 path rule, BSR block
 structures and index contents, operands the glue must copy, and the bare ops' own checks.
 test_rnn_compressed_ops.py runs the common cases on every backend (cuda included, under `auto`)."""

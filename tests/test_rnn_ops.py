@@ -166,7 +166,7 @@ def test_native_op_checks_inputs():
         torch.ops.compress.lstm_layer.default(xg, h0, c0, w.double(), None, lengths, False)
 
 
-# ---- CUDA kernels (csrc/rnn/rnn_cuda.cu) -------------------------------------------------------
+# ---- CUDA kernels (csrc/rnn/rnn_recurrence.cu) -------------------------------------------------------
 # Two paths: persistent (one cooperative launch, weight slices in shared memory, B <= 16) and
 # stepwise (one or two launches per step, any shape). The backend tests above run whichever `auto`
 # picks (persistent at their sizes); here COMPRESS_RNN_CUDA_PATH forces each.

@@ -1,4 +1,4 @@
-"""Dev check (not a test): a numpy model of csrc/rnn/rnn_cuda.cu (the fused LSTM / GRU recurrence,
+"""Dev check (not a test): a numpy model of csrc/rnn/rnn_recurrence.cu (the fused LSTM / GRU recurrence,
 persistent and stepwise paths, dense / int8 / block-sparse recurrent weights) and of the operands
 csrc/rnn/rnn_cuda.cpp hands it, run on a machine with no GPU.
 
@@ -53,7 +53,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-# ---- constants (rnn_cuda.h / rnn_cuda.cu) ------------------------------------------------------
+# ---- constants (rnn_cuda.h / rnn_recurrence.cu) ------------------------------------------------------
 kThreads, kWarps, kNB = 256, 8, 4
 kStepUnits, kStepProjRows, kStepBatch = 8, 32, 16
 kRnnPad, kRnnPersistentMaxBatch = 4, 16
@@ -293,7 +293,7 @@ class Ptr:
         self.space.store(self.name, idx.reshape(-1), np.asarray(vals4).reshape(-1), block, th.reshape(-1))
 
 
-# ---- the kernels' building blocks (rnn_cuda.cu) -------------------------------------------------
+# ---- the kernels' building blocks (rnn_recurrence.cu) -------------------------------------------------
 
 @dataclass
 class Args:
@@ -1131,7 +1131,7 @@ def bsr_glue_rejects():
 
 
 def plan_examples():
-    """The examples in rnn_cuda.cu's "Path choice" comment (H100: 132 SMs, 227 KB)."""
+    """The examples in rnn_recurrence.cu's "Path choice" comment (H100: 132 SMs, 227 KB)."""
     def plan(B, H, P, dtype, G=4, dev=Device(), wf="dense", crow=None, block=(1, 1)):
         Kp, Hp = cdiv(P, 4) * 4, cdiv(H, 4) * 4
         a = Args(G, 1, B, H, P, Kp, Hp, False, P != H, False, False, Global(), wf, bn=block[0], bk=block[1])
@@ -1196,7 +1196,7 @@ def main():
             failures += 1
             print(f"FAIL  {label}: {e}")
 
-    report("plan_persistent examples (rnn_cuda.cu comment)", plan_examples)
+    report("plan_persistent examples (rnn_recurrence.cu comment)", plan_examples)
     report("int8 widening exact for all 256 codes", int8_widen_exact)
     for label, kw in main_cases() + int8_cases() + bsr_cases() + edge_cases():
         report(label, lambda kw=kw: check_case(**kw))

@@ -6,7 +6,7 @@
 //   compress::lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr?, lengths?, reverse)
 //   compress::gru_layer_bsr(xg, h0, crow, col, values, b_hh?, lengths?, reverse)
 // Torch glue only: checks, CUDAGuard + the current stream, kernel-ready operands, one launcher
-// call. Kernels: rnn_cuda.cu (contract and the path rule in rnn_cuda.h / rnn_cuda.cu). The
+// call. Kernels: rnn_recurrence.cu (contract and the path rule in rnn_cuda.h / rnn_recurrence.cu). The
 // compressed-weight ops check in the CPU kernel's order and wording (csrc/rnn/rnn_cpu.cpp), the
 // dense ones keep theirs.
 //

@@ -1,6 +1,6 @@
 // Fused LSTM / GRU recurrence on CUDA (compress::lstm_layer, gru_layer and their compressed-weight
 // variants lstm_layer_w8, gru_layer_w8, lstm_layer_bsr, gru_layer_bsr): the launcher.
-// Plain C++ header: no torch. Kernels: rnn_cuda.cu; torch glue: rnn_cuda.cpp.
+// Plain C++ header: no torch. Kernels: rnn_recurrence.cu; torch glue: rnn_cuda.cpp.
 //
 // Shapes as compress/ops/rnn.py: T steps, B batch rows, H hidden units, P the state width (LSTM
 // proj_size, else P = H), G gates (LSTM 4: i, f, g, o; GRU 3: r, z, n). Kp = round_up(P, 4) and
@@ -32,7 +32,7 @@ enum class RnnWeights : int { kDense = 0, kInt8 = 1, kBsr = 2 };
 
 // kPersistent: one cooperative launch for the whole sequence (B <= kRnnPersistentMaxBatch and each
 // block's weight slice fits in shared memory). kStepwise: one or two plain launches per step, any
-// shape. kAuto: persistent when it can run, else stepwise (the rule: rnn_cuda.cu, "Path choice").
+// shape. kAuto: persistent when it can run, else stepwise (the rule: rnn_recurrence.cu, "Path choice").
 enum class RnnPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2, kNone = 3 };
 
 constexpr int64_t kRnnPad = 4;
