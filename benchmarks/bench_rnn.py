@@ -68,6 +68,16 @@ def _timed(fn, xs, dev, min_s):
     return time_ms(lambda: fn(next(it)), dev, min_seconds=min_s)
 
 
+def _our_backends(op, dev, what=""):
+    """Our backends of `op` that can run on `dev`; says why for the others."""
+    for backend in backends(dev):
+        why = ops.why_unavailable(op, backend, dev)
+        if why:
+            print(f"  {what}{IMPL[backend]}: unavailable ({why})")
+        else:
+            yield backend
+
+
 def _keys(kind, batch, hidden, seq, layers, dtype):
     return {"batch": batch, "hidden": hidden, "seq": seq, "layers": layers, "dtype": dtype}
 
@@ -81,12 +91,7 @@ def bench_inference(res, dev, cfg, min_s):
     with torch.no_grad():
         ref = ref_mod(xs[0])[0]
         t_base = _timed(lambda x: ref_mod(x), xs, dev, min_s)
-        op = f"{kind}_layer"
-        for backend in backends(dev):
-            why = ops.why_unavailable(op, backend, dev)
-            if why:
-                print(f"  {IMPL[backend]}: unavailable ({why})")
-                continue
+        for backend in _our_backends(f"{kind}_layer", dev):
             with ops.backend(backend):
                 err = rel_err(ours(xs[0])[0], ref)
                 t = _timed(lambda x: ours(x), xs, dev, min_s)
@@ -111,12 +116,7 @@ def bench_training(res, dev, cfg, min_s):
     step(ref_mod)(xs[0])
     ref_grad = ref_mod.weight_hh_l0.grad.clone()
     t_base = _timed(step(ref_mod), xs, dev, min_s)
-    op = f"{kind}_layer"
-    for backend in backends(dev):
-        why = ops.why_unavailable(op, backend, dev)
-        if why:
-            print(f"  {IMPL[backend]}: unavailable ({why})")
-            continue
+    for backend in _our_backends(f"{kind}_layer", dev):
         with ops.backend(backend):
             step(ours)(xs[0])
             err = rel_err(ours.weight_hh_l0.grad, ref_grad)
@@ -151,12 +151,7 @@ def bench_compressed(res, dev, cfg, min_s, sparsity=0.9, block=(32, 32)):
             dense = FUSED_MOD[kind].from_torch(dense_ref).eval()
             ref = dense_ref(xs[0])[0]
             t_torch = _timed(lambda x: dense_ref(x), xs, dev, min_s)
-            for backend in backends(dev):
-                op = entry.details.get("op", f"{kind}_layer")
-                why = ops.why_unavailable(op, backend, dev)
-                if why:
-                    print(f"  {name} {IMPL[backend]}: unavailable ({why})")
-                    continue
+            for backend in _our_backends(entry.details.get("op", f"{kind}_layer"), dev, f"{name} "):
                 with ops.backend(backend):
                     err = rel_err(conv.rnn(xs[0])[0], ref)
                     t = _timed(lambda x: conv.rnn(x), xs, dev, min_s)
