@@ -35,6 +35,7 @@ from torch import nn
 
 import compress
 from compress.benchmark import Results, report as write_report, time_ms
+from compress.sparsify import nbytes
 
 DATA = Path(__file__).resolve().parent / "data"
 IMPL = {"cpu": "ours_cpu", "cuda": "ours_cuda", "triton": "ours_triton"}
@@ -43,10 +44,6 @@ IMPL = {"cpu": "ours_cpu", "cuda": "ours_cuda", "triton": "ours_triton"}
 def sentences() -> list[str]:
     lines = (DATA / "sentences.txt").read_text().splitlines()
     return [s for s in lines if s.strip() and not s.startswith("#")]
-
-
-def _size(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def _cosine(a, b):
@@ -238,7 +235,7 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
             ref = fwd(case.model, x_eval)
             t_ref = time_ms(lambda: fwd(case.model, xs[next(it) % len(xs)]), dev, **timing)
         progress.step(f"{case.name}: original")
-        table.append((case.name, "original", "torch", t_ref["ms"], 1.0, _size(case.model), {}))
+        table.append((case.name, "original", "torch", t_ref["ms"], 1.0, nbytes(case.model), {}))
         for method in case.methods:
             model = copy.deepcopy(case.model)
             reports = METHODS[method](model)
@@ -248,9 +245,9 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
                 t = time_ms(lambda: fwd(model, xs[next(it) % len(xs)]), dev, **timing)
             impl = _impl(reports)
             results.add(bench=f"model_{case.name}", impl=impl, baseline=baseline, ms=t["ms"],
-                        baseline_ms=t_ref["ms"], **case.keys, variant=method, bytes=_size(model),
-                        baseline_bytes=_size(case.model), **{k: round(v, 6) for k, v in acc.items()})
-            table.append((case.name, method, impl, t["ms"], t_ref["ms"] / t["ms"], _size(model), acc))
+                        baseline_ms=t_ref["ms"], **case.keys, variant=method, bytes=nbytes(model),
+                        baseline_bytes=nbytes(case.model), **{k: round(v, 6) for k, v in acc.items()})
+            table.append((case.name, method, impl, t["ms"], t_ref["ms"] / t["ms"], nbytes(model), acc))
             progress.step(f"{case.name}: {method}")
     progress.close()
 

@@ -61,12 +61,15 @@ def choose_format(linear: nn.Linear, batch: int = 16, block=(32, 32)) -> tuple[s
     pattern = (round((w != 0).float().mean().item(), 3),)
     for fmt in ("dense",) + FORMATS:
         why = None if fmt == "dense" else (_fits(w, fmt, block) or _backend_reason(fmt, dev))
+        mod = dense
+        if why is None and fmt != "dense":
+            mod = SparseLinear.from_dense(linear, fmt, block)
+            why = _larger(mod, dense)
         if why:
             skipped.append(f"{fmt}: {why}")
             continue
         key = (dev_name, tuple(w.shape), w.dtype, batch, fmt, tuple(block), pattern)
         if key not in _TIMINGS:
-            mod = dense if fmt == "dense" else SparseLinear.from_dense(linear, fmt, block)
             with torch.no_grad():
                 _TIMINGS[key] = time_ms(lambda: mod(x), dev, warmup=2, min_reps=5, min_seconds=0.05)["ms"]
         times[fmt] = _TIMINGS[key]
@@ -74,6 +77,18 @@ def choose_format(linear: nn.Linear, batch: int = 16, block=(32, 32)) -> tuple[s
     measured = ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
     reason = f"fastest at batch {batch} on {dev_name}: {measured}" + (f" (not tried: {'; '.join(skipped)})" if skipped else "")
     return best, reason, times
+
+
+def nbytes(module: nn.Module) -> int:
+    """Bytes held by `module`'s parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def _larger(sparse: nn.Module, dense: nn.Module) -> str | None:
+    """Why "auto" refuses `sparse`: it would take more memory than the dense module (a compression
+    method never grows the model, e.g. CSR with int32 indices at 50% sparsity). None if it is not larger."""
+    a, b = nbytes(sparse), nbytes(dense)
+    return f"larger than dense ({a} bytes vs {b})" if a > b else None
 
 
 # RNNs: the recurrence of a [_RNN_STEPS, batch, input_size] input is what the timing compares.
@@ -147,6 +162,10 @@ def _sparsify_rnn(model, name, mod, kind, reason, format, block, batch, report) 
     if blk[0] != block[0]:
         details["block_note"] = f"block rows {block[0]} -> {blk[0]} to divide hidden_size = {mod.hidden_size}"
     if format == "auto":
+        larger = _larger(SPARSE[kind].from_dense(mod, blk), FUSED[kind].from_torch(mod))
+        if larger:
+            report.add(name, _kind(mod), reason=f"kept dense: bsr {larger}", **details)
+            return
         if backend == "reference":
             report.add(name, _kind(mod), reason=f"kept dense: only the slow reference backend runs {op} on {dev}",
                        **details)
@@ -176,6 +195,7 @@ def sparsify(model: nn.Module, format: str = "auto", block=(32, 32), batch: int 
     format: "2:4", "bsr", "csr", "channel", or "auto": per layer, the fastest of the formats its
         weight suits and the dense layer itself, timed on the layer's device at `batch` rows
         (measured once per shape and cached); dense layers stay nn.Linear when nothing beats them.
+        "auto" never picks a format that takes more memory than the dense weight (CSR at 50%).
         RNNs run their recurrent weights in BSR ("bsr", or "auto": when the Sparse module beats the
         Fused dense one over 16 steps at `batch` rows); other formats leave them dense.
     block: BSR block (rows, cols). For an RNN the block rows become gcd(rows, hidden_size) (see

@@ -115,3 +115,19 @@ def test_sparsify_auto_measures_and_explains():
             measured = dict(kv.rsplit(" ", 2)[:2] for kv in text.split(": ", 1)[1].split(" (")[0].split(", "))
             assert min(measured, key=lambda k: float(measured[k])) == e.details["format"]
     assert_close_scaled(model(x), ref, 1e-4, "auto")
+
+
+def test_sparsify_auto_never_grows_a_layer():
+    """CSR with int32 indices at 50% sparsity is larger than the dense weight: "auto" must not time it,
+    whatever the timings say (a compression method that grows the model is a bug)."""
+    from compress.sparsify import choose_format, nbytes
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 80))
+    compress.prune(model, 0.5, structure="unstructured")
+    compress.prune.remove(model)
+    assert nbytes(SparseLinear.from_dense(model[0], "csr")) > nbytes(model[0])   # the premise
+    fmt, why, times = choose_format(model[0], batch=4)
+    assert "csr" not in times and "csr: larger than dense" in why
+    before = nbytes(model)
+    compress.sparsify(model, format="auto", batch=4)
+    assert nbytes(model) <= before
