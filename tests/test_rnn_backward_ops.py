@@ -1,20 +1,28 @@
 """compress.ops.rnn.lstm_layer_backward / gru_layer_backward (the gradients of lstm_layer /
-gru_layer) on the C++ CPU backend against their plain-PyTorch references: odd sizes, empty
-sequences, zero lengths, reverse, projection, bf16, strided gradients, poisoned outputs, bad input,
-opcheck, compile, and that autograd of the forward ops runs them."""
+gru_layer) on every backend (C++ CPU, Triton: interpreted on the CPU without a GPU, CUDA when
+built) against their plain-PyTorch references: odd sizes, empty sequences, zero lengths, reverse,
+projection, bf16 / fp16, strided gradients, poisoned outputs, bad input, opcheck, compile, and that
+autograd of the forward ops runs them."""
 import itertools
 
 import pytest
 import torch
 
+from backends import BACKENDS, device_for, op_for
 from compress import ops
 from compress.ops import rnn
 from helpers import FLOAT_TOL, assert_close_scaled, poisoned_outputs
 
 
-def _need_kernel(op):
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"compress::{op}", "CPU"):
-        pytest.skip("compress._C was built without csrc/rnn/rnn_backward_cpu.cpp: rebuild the package")
+def _need_kernel(backend, op):
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(backend)
+    if key is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(f"compress::{op}", key):
+        pytest.skip(f"compress._C has no {key} kernel for {op} (CPU: csrc/rnn/rnn_backward_cpu.cpp, rebuild "
+                    f"the package; CUDA: none written yet)")
+
+
+def _to(args, dev):
+    return tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _rand(g, dtype):
@@ -26,7 +34,7 @@ def _rand(g, dtype):
 def _lengths(g, T, B):
     # Row 0 never runs (length 0); the others anything in 0..T.
     lengths = torch.randint(0, T + 1, (B,), generator=g)
-    lengths[0] = 0
+    lengths[:1] = 0
     return lengths
 
 
@@ -46,10 +54,10 @@ def gru_bwd_args(T, B, H, with_bias, with_len, reverse, dtype=torch.float32):
             _lengths(g, T, B) if with_len else None, reverse)
 
 
-def _args(op, T, B, H, P, L, R, dtype=torch.float32):
+def _args(op, T, B, H, P, L, R, dtype=torch.float32, dev="cpu"):
     if op == "lstm_layer_backward":
-        return lstm_bwd_args(T, B, H, P, L, R, dtype)
-    return gru_bwd_args(T, B, H, P > 0, L, R, dtype)
+        return _to(lstm_bwd_args(T, B, H, P, L, R, dtype), dev)
+    return _to(gru_bwd_args(T, B, H, P > 0, L, R, dtype), dev)
 
 
 def _run(op, backend, args):
@@ -65,37 +73,55 @@ OPS = ["lstm_layer_backward", "gru_layer_backward"]
 SIZES = list(itertools.product((0, 1, 5), (1, 3), (1, 3, 17)))
 CASES = [(T, B, H, 5 if i % 3 != 0 else 0, i % 2 == 0, i % 4 >= 2) for i, (T, B, H) in enumerate(SIZES)]
 CASE_IDS = [f"T{T}-B{B}-H{H}-P{P}-len{int(L)}-rev{int(R)}" for T, B, H, P, L, R in CASES]
-# float32: the kernel sums dW over all T * B rows in one GEMM where the reference adds T rank-B
-# products, and its exp/tanh are libm's, not ATen's: a few ulp of the largest gradient, 1e-5 of
-# max|ref| per element. bf16: both round the same float32 gradients once, at the end; float32
-# differences may flip a rounding, so one bf16 ulp of max|ref| (2^-8) doubled.
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2 * FLOAT_TOL[torch.bfloat16]}
+# float32: the kernels sum dW over all T * B rows in one GEMM where the reference adds T rank-B
+# products, and their exp/tanh are libm's (C++) or built from exp (Triton), not ATen's: a few ulp
+# of the largest gradient, 1e-5 of max|ref| per element. bf16 / fp16: both round the same float32
+# gradients once, at the end; float32 differences may flip a rounding, so one ulp of max|ref|
+# (bf16 2^-8, fp16 2^-11) doubled, as FLOAT_TOL.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2 * FLOAT_TOL[torch.bfloat16], torch.float16: 2 * FLOAT_TOL[torch.float16]}
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.bfloat16, id="bf16"),
+          pytest.param(torch.float16, id="f16")]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,B,H,P,L,R", CASES, ids=CASE_IDS)
-def test_matches_reference(op, dtype, T, B, H, P, L, R):
-    _need_kernel(op)
-    args = _args(op, T, B, H, P, L, R, dtype)
+def test_matches_reference(backend, op, dtype, T, B, H, P, L, R):
+    _need_kernel(backend, op)
+    args = _args(op, T, B, H, P, L, R, dtype, device_for(backend))
     with poisoned_outputs():
-        out = _run(op, "cpu", args)
+        out = _run(op, backend, args)
     ref = getattr(rnn, f"{op}_reference")(*args)
     names = ("dxg", "dh0", "dc0", "dw_hh", "dw_hr") if op == "lstm_layer_backward" else ("dxg", "dh0", "dw_hh",
                                                                                          "db_hh")
     assert len(out) == len(names)
     for name, o, r in zip(names, out, ref):
-        assert_close_scaled(o, r, TOL[dtype], f"{op} {dtype} {name}")
+        assert_close_scaled(o, r, TOL[dtype], f"{backend} {op} {dtype} {name}")
     lengths = args[-2]
     if T > 0 and (lengths is None or lengths.max() > 0):
         assert out[0].abs().sum() > 0, "dxg all zero though a step ran: the case tests nothing"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_strided_inputs(op):
+def test_empty(backend, op):
+    """No steps (T = 0: the gradients of h_n, c_n pass to h0, c0; dW = 0) or no batch rows."""
+    _need_kernel(backend, op)
+    for T, B in ((0, 3), (4, 0)):
+        args = _args(op, T, B, 5, 3, True, False, dev=device_for(backend))
+        with poisoned_outputs():
+            out = _run(op, backend, args)
+        for i, (o, r) in enumerate(zip(out, getattr(rnn, f"{op}_reference")(*args))):
+            assert_close_scaled(o, r, 1e-6, f"{backend} {op} T{T} B{B} output {i}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_strided_inputs(backend, op):
     """Gradients as autograd hands them (expanded, stride 0), a transposed weight, xg a slice."""
-    _need_kernel(op)
-    args = list(_args(op, 4, 3, 6, 4, True, True))
+    _need_kernel(backend, op)
+    args = list(_args(op, 4, 3, 6, 4, True, True, dev=device_for(backend)))
     dy = args[0]
     args[0] = dy[:1, :1, :1].expand(dy.shape)
     args[1] = args[1].t().contiguous().t()
@@ -104,58 +130,71 @@ def test_strided_inputs(op):
     ix = 3 if op == "lstm_layer_backward" else 2
     args[ix] = torch.cat([args[ix], args[ix]], 2)[..., ::2]
     assert not args[ix].is_contiguous() and not args[iw].is_contiguous()
-    out = _run(op, "cpu", args)
+    with poisoned_outputs():
+        out = _run(op, backend, args)
     ref = getattr(rnn, f"{op}_reference")(*args)
     for i, (o, r) in enumerate(zip(out, ref)):
-        assert_close_scaled(o, r, TOL[torch.float32], f"{op} strided output {i}")
+        assert_close_scaled(o, r, TOL[torch.float32], f"{backend} {op} strided output {i}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("used", ["y", "state", "all"])
-def test_autograd_runs_the_op(kind, used):
-    """Gradients of the forward op on the cpu backend come from the cpu backward op, also when some
-    outputs are unused (autograd passes None, materialized as zeros), and match the reference's
-    autograd (which runs through its own step loop)."""
-    _need_kernel(f"{kind}_layer_backward")
+def test_autograd_runs_the_op(backend, kind, used):
+    """Gradients of the forward op on a backend come from that backend's backward op, also when
+    some outputs are unused (autograd passes None, materialized as zeros), and match the
+    reference's autograd (which runs through its own step loop)."""
+    _need_kernel(backend, f"{kind}_layer_backward")
+    _need_kernel(backend, f"{kind}_layer")
     g = torch.Generator().manual_seed(7)
     T, B, H, P = 6, 3, 9, 4
     r = _rand(g, torch.float32)
-    lengths = torch.tensor([0, 6, 3])
+    dev = device_for(backend)
+    lengths = torch.tensor([0, 6, 3], device=dev)
     if kind == "lstm":
         args = [r(T, B, 4 * H), r(B, P), r(B, H), r(4 * H, P, scale=0.5), r(P, H, scale=0.5)]
     else:
         args = [r(T, B, 3 * H), r(B, H), r(3 * H, H, scale=0.5), r(3 * H)]
-    leaves = [a.requires_grad_() for a in args]
+    leaves = [a.to(dev).requires_grad_() for a in args]
     fwd = getattr(ops, f"{kind}_layer")
     grads = []
-    for backend in ("cpu", "reference"):
-        with ops.backend(backend):
+    for name in (backend, "reference"):
+        before = ops.last_choice(f"{kind}_layer_backward")
+        with ops.backend(name):
             out = fwd(*leaves, lengths, True)
             loss = {"y": out[0].sum(), "state": sum(o.square().sum() for o in out[1:]),
                     "all": sum((o * (i + 1)).sum() for i, o in enumerate(out))}[used]
             grads.append(torch.autograd.grad(loss, leaves))
-    assert ops.last_choice(f"{kind}_layer_backward").backend == "cpu"
+        assert ops.last_choice(f"{kind}_layer").backend == name
+        choice = ops.last_choice(f"{kind}_layer_backward")
+        if name == "reference":  # no backward op: autograd runs through the reference's own loop
+            assert choice is before, choice
+        else:  # a fresh choice (Choice is made anew by each dispatch), this backend's
+            assert choice is not before and choice.backend == backend, choice
     for i, (a, b) in enumerate(zip(*grads)):
-        assert_close_scaled(a, b, 1e-5, f"{kind} loss on {used}: grad {i}")
+        assert_close_scaled(a, b, 1e-5, f"{backend} {kind} loss on {used}: grad {i}")
 
 
-def test_opcheck():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
     for op in OPS:
-        _need_kernel(op)
+        _need_kernel(backend, op)
+    dev = device_for(backend)
     for T, B, H, P, L, R in ((3, 2, 5, 0, False, False), (3, 2, 5, 3, True, True), (0, 2, 3, 0, True, False)):
-        torch.library.opcheck(torch.ops.compress.lstm_layer_backward.default, lstm_bwd_args(T, B, H, P, L, R))
-        torch.library.opcheck(torch.ops.compress.gru_layer_backward.default, gru_bwd_args(T, B, H, P > 0, L, R))
+        torch.library.opcheck(op_for("lstm_layer_backward", backend), _to(lstm_bwd_args(T, B, H, P, L, R), dev))
+        torch.library.opcheck(op_for("gru_layer_backward", backend), _to(gru_bwd_args(T, B, H, P > 0, L, R), dev))
 
 
-def test_compile_fullgraph():
-    _need_kernel("lstm_layer_backward")
-    args = lstm_bwd_args(3, 2, 5, 3, True, True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    _need_kernel(backend, "lstm_layer_backward")
+    args = _to(lstm_bwd_args(3, 2, 5, 3, True, True), device_for(backend))
 
     def f(*a):
         dxg, dh0, dc0, dw, dwr = rnn.lstm_layer_backward(*a)
         return dxg.sum() + dh0.sum() + dc0.sum() + dw.sum() + dwr.sum()
 
-    with ops.backend("cpu"):
+    with ops.backend(backend):
         eager = f(*args)
         compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
     assert_close_scaled(compiled, eager, 1e-6, "compiled vs eager")
@@ -179,22 +218,30 @@ LSTM_BAD = [
 ]
 
 
-@pytest.mark.parametrize("entry", ["wrapper", "native"])
+# Entries: the Python wrapper (reference and fake share its checks), the C++ op and the Triton op.
+ENTRIES = ["wrapper", "native", pytest.param("triton", marks=pytest.mark.triton)]
+
+
+def _entry(op, entry):
+    if entry == "native":
+        _need_kernel("cpu", op)
+    return {"wrapper": getattr(rnn, op), "native": op_for(op, "cpu"), "triton": op_for(op, "triton")}[entry]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("desc,edit,exc,msg", LSTM_BAD, ids=[b[0] for b in LSTM_BAD])
 def test_lstm_bad_input(entry, desc, edit, exc, msg):
-    """The Python wrapper (reference and fake share its checks) and the C++ op itself both name
-    the argument."""
-    _need_kernel("lstm_layer_backward")
+    """Every entry names the argument."""
+    fn = _entry("lstm_layer_backward", entry)
     a = _lstm_named()
     edit(a)
-    fn = rnn.lstm_layer_backward if entry == "wrapper" else torch.ops.compress.lstm_layer_backward.default
     with pytest.raises(exc, match="lstm_layer_backward: .*" + msg), ops.backend("cpu"):
         fn(*a.values())
 
 
-@pytest.mark.parametrize("entry", ["wrapper", "native"])
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_gru_bad_input(entry):
-    _need_kernel("gru_layer_backward")
+    fn = _entry("gru_layer_backward", entry)
     dy, dh_n, xg, h0, w, b, lengths, _ = gru_bwd_args(4, 3, 5, True, True, False)
     cases = [((dy[:3], dh_n, xg, h0, w, b, lengths), ValueError, "`dy` of shape"),
              ((dy, dh_n.half(), xg, h0, w, b, lengths), TypeError, "`dh_n` to be torch.float32"),
@@ -202,7 +249,6 @@ def test_gru_bad_input(entry):
              ((dy, dh_n, xg, h0, w[:, :4], b, lengths), ValueError, "`w_hh` of shape"),
              ((dy, dh_n, xg, h0, w, b[:14], lengths), ValueError, "`b_hh` of shape"),
              ((dy, dh_n, xg, h0, w, b, lengths[:2]), ValueError, "`lengths` of shape")]
-    fn = rnn.gru_layer_backward if entry == "wrapper" else torch.ops.compress.gru_layer_backward.default
     for args, exc, msg in cases:
         with pytest.raises(exc, match="gru_layer_backward: .*" + msg), ops.backend("cpu"):
             fn(*args, False)

@@ -16,6 +16,12 @@ step bodies are shared:
 A program of the step kernels owns BLOCK_B batch rows x ROWS hidden units and computes every gate
 of them (for "bsr", ROWS = bn): each weight tile it loads serves its BLOCK_B rows. The LSTM
 projection (h = hh @ w_hr^T) is "dense" or "w8".
+
+The backward (lstm_layer_backward / gru_layer_backward, dense weights) follows the C++ CPU one
+(csrc/rnn/rnn_backward_cpu.cpp): 1. the forward again, its step kernels with SAVE keeping every
+state and the activated gates in float32; 2. one fused backward step kernel per step, in the
+opposite order (the recurrent product dG_{t+1} @ w_hh for the program's units, their gate
+derivatives, dc); 3. the weight gradients as one torch GEMM over all steps.
 """
 from typing import NamedTuple, Optional
 
@@ -89,12 +95,13 @@ def _active(len_ptr, t, offs_b, mask_b, HAS_LEN: tl.constexpr):
 
 
 @triton.jit
-def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c_ptr, h_out_ptr, hh_ptr, y_ptr,
-                      t, B, H, P, WEIGHT: tl.constexpr, HAS_LEN: tl.constexpr, HAS_PROJ: tl.constexpr,
-                      BLOCK_B: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr,
-                      BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, hh_ptr,
+                      y_ptr, act_ptr, t, B, H, P, WEIGHT: tl.constexpr, HAS_LEN: tl.constexpr,
+                      HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr, ROWS: tl.constexpr,
+                      BK: tl.constexpr, NB: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     # grid (cdiv(B, BLOCK_B), cdiv(H, ROWS)): BLOCK_B batch rows x ROWS hidden units, every gate.
-    # c is updated in place (each element has one owner program).
+    # c_out may be c (updated in place: each element has one owner program). SAVE (the backward's
+    # recompute): also store the activated gates i, f, g, o at act[t] ([T, B, 4H] like xg).
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
     u0 = tl.program_id(1) * ROWS
@@ -119,7 +126,13 @@ def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c
     c_new = f * c + i * g
     hh = o * _tanh(c_new)
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
-    tl.store(c_ptr + bh, tl.where(active, c_new, c), mask=mask)
+    tl.store(c_out_ptr + bh, tl.where(active, c_new, c), mask=mask)
+    if SAVE:
+        a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
+        tl.store(a, i, mask=mask)
+        tl.store(a + H, f, mask=mask)
+        tl.store(a + 2 * H, g, mask=mask)
+        tl.store(a + 3 * H, o, mask=mask)
     if HAS_PROJ:
         tl.store(hh_ptr + bh, hh, mask=mask)
     else:  # P == H
@@ -149,11 +162,12 @@ def _lstm_proj_kernel(hh_ptr, wr_ptr, s_ptr, len_ptr, h_ptr, h_out_ptr, y_ptr, t
 
 
 @triton.jit
-def _gru_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, b_ptr, len_ptr, h_ptr, h_out_ptr, y_ptr, t, B, H,
-                     WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, BLOCK_B: tl.constexpr,
-                     ROWS: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr, BLOCK_H: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
-    # grid (cdiv(B, BLOCK_B), cdiv(H, ROWS))
+def _gru_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, b_ptr, len_ptr, h_ptr, h_out_ptr, y_ptr, act_ptr, t, B,
+                     H, WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, SAVE: tl.constexpr,
+                     BLOCK_B: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(B, BLOCK_B), cdiv(H, ROWS)). SAVE (the backward's recompute): also store r, z, n
+    # and an (the n part of h @ w_hh^T + b_hh) at act[t] ([T, B, 4H]).
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
     u0 = tl.program_id(1) * ROWS
@@ -180,6 +194,131 @@ def _gru_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, b_ptr, len_ptr, h_
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
     tl.store(h_out_ptr + bh, tl.where(active, h_new, h_old), mask=mask)
     tl.store(y_ptr + (t * B + offs_b[:, None]) * H + offs_h[None, :], tl.where(active, h_new, 0.0), mask=mask)
+    if SAVE:
+        a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
+        tl.store(a, r, mask=mask)
+        tl.store(a + H, z, mask=mask)
+        tl.store(a + 2 * H, n, mask=mask)
+        tl.store(a + 3 * H, an, mask=mask)
+
+
+# Backward (compress.ops.lstm_layer_backward / gru_layer_backward): one step kernel per step, run
+# over the steps in the opposite order of the forward's, after a recompute of the forward (the step
+# kernels above with SAVE). A program owns BLOCK_B batch rows x BLOCK_H hidden units, every gate:
+# the recurrent product dA_{t'} @ w_hh[:, units] (dA of the step handled just before, read by all
+# programs), then its units' gate derivatives, written to dxg[t] (for the GRU also to da[t]). The
+# carried gradients of h and c [B, U] are updated in place (each element has one owner program).
+# An inactive step (lengths) has dG = 0 and passes the carried dh, dc through.
+
+@triton.jit
+def _dh_out(carry_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, mask_u, B, U, K,
+            HAS_PREV: tl.constexpr, HAS_LEN: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_K: tl.constexpr):
+    """At step t, for batch rows offs_b and state units u0 + [0, BLOCK_U) of U: d, the gradient of
+    the state after the step (the carry [B, U], plus with HAS_PREV dA_{t'} [B, K] @ w[:, units] with
+    wt = w^T [U, K] row-major), and dh = d + dy[t] that of the step's output, 0 on inactive rows.
+    Returns (d, dh, active), [BLOCK_B, BLOCK_U] float32 and [BLOCK_B, 1]."""
+    offs_u = u0 + tl.arange(0, BLOCK_U)
+    mask = mask_b[:, None] & mask_u[None, :]
+    d = tl.load(carry_ptr + offs_b[:, None] * U + offs_u[None, :], mask=mask, other=0.0)
+    if HAS_PREV:
+        d += _rows_matvec(wt_ptr, wt_ptr, wt_ptr, wt_ptr, u0, mask_u, da_ptr, offs_b, mask_b, K, "dense", BLOCK_U, 1,
+                          1, BLOCK_U, BLOCK_K)
+    active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
+    dy = tl.load(dy_ptr + (t * B + offs_b[:, None]) * U + offs_u[None, :], mask=mask, other=0.0)
+    return d, tl.where(active, d + dy, 0.0), active
+
+
+@triton.jit
+def _lstm_bwd_step_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, act_ptr, c_ptr, c_new_ptr, dhh_ptr, dh_ptr, dc_ptr,
+                          dxg_ptr, t, B, H, HAS_PREV: tl.constexpr, HAS_LEN: tl.constexpr, HAS_PROJ: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_H)). act [T, B, 4H] the activated i, f, g, o; c / c_new
+    # [B, H] the cell state before / after the step; da = dxg[t'] [B, 4H]. With dh the gradient of
+    # o * tanh(c_t) and dcs = dc + dh * o * (1 - tanh(c_t)^2) that of c_t:
+    #   dxg_t = [dcs * g * i(1-i), dcs * c_{t-1} * f(1-f), dcs * i * (1-g^2), dh * tanh(c_t) * o(1-o)]
+    #   dc_{t-1} = dcs * f, dh_{t-1} = dxg_t @ w_hh (the next step's matvec)
+    # HAS_PROJ: dh = dh_P @ w_hr is dhh [B, H], from _lstm_bwd_proj_kernel and a torch matmul.
+    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    u0 = tl.program_id(1) * BLOCK_H
+    offs_h = u0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    mask = mask_b[:, None] & mask_h[None, :]
+    bh = offs_b[:, None] * H + offs_h[None, :]
+    if HAS_PROJ:
+        active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
+        dh = tl.load(dhh_ptr + bh, mask=mask, other=0.0)  # 0 on inactive rows
+    else:
+        d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, mask_h, B, H, 4 * H,
+                                HAS_PREV, HAS_LEN, BLOCK_H, BLOCK_K)
+        tl.store(dh_ptr + bh, tl.where(active, 0.0, d), mask=mask)
+    a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
+    i = tl.load(a, mask=mask, other=0.0)
+    f = tl.load(a + H, mask=mask, other=0.0)
+    g = tl.load(a + 2 * H, mask=mask, other=0.0)
+    o = tl.load(a + 3 * H, mask=mask, other=0.0)
+    tc = _tanh(tl.load(c_new_ptr + bh, mask=mask, other=0.0))
+    dc = tl.load(dc_ptr + bh, mask=mask, other=0.0)
+    dcs = tl.where(active, dc, 0.0) + dh * o * (1.0 - tc * tc)
+    x = dxg_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
+    tl.store(x, dcs * g * i * (1.0 - i), mask=mask)
+    tl.store(x + H, dcs * tl.load(c_ptr + bh, mask=mask, other=0.0) * f * (1.0 - f), mask=mask)
+    tl.store(x + 2 * H, dcs * i * (1.0 - g * g), mask=mask)
+    tl.store(x + 3 * H, dh * tc * o * (1.0 - o), mask=mask)
+    tl.store(dc_ptr + bh, tl.where(active, dcs * f, dc), mask=mask)
+
+
+@triton.jit
+def _lstm_bwd_proj_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, dh_ptr, dhp_ptr, t, B, P, K, HAS_PREV: tl.constexpr,
+                          HAS_LEN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(B, BLOCK_B), cdiv(P, BLOCK_P)): with a projection the state is P wide; writes the
+    # gradient of the step's output h_t = hh_t @ w_hr^T to dhp[t] ([T, B, P], 0 on inactive rows)
+    # and carries dh [B, P] as _lstm_bwd_step_kernel does without one.
+    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    p0 = tl.program_id(1) * BLOCK_P
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    mask = mask_b[:, None] & mask_p[None, :]
+    d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, p0, mask_p, B, P, K,
+                            HAS_PREV, HAS_LEN, BLOCK_P, BLOCK_K)
+    tl.store(dh_ptr + offs_b[:, None] * P + offs_p[None, :], tl.where(active, 0.0, d), mask=mask)
+    tl.store(dhp_ptr + (t * B + offs_b[:, None]) * P + offs_p[None, :], dh, mask=mask)
+
+
+@triton.jit
+def _gru_bwd_step_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, act_ptr, h_ptr, dh_ptr, dxg_ptr, dag_ptr, t, B, H,
+                         HAS_PREV: tl.constexpr, HAS_LEN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    # grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_H)). act [T, B, 4H] r, z, n, an; h [B, H] the state
+    # before the step; da = dag[t'] [B, 3H]. With a = h_{t-1} @ w_hh^T + b_hh and dh the gradient of h_t:
+    #   dn = dh (1-z)(1-n^2), dr = dn * an * r(1-r), dz = dh (h_{t-1} - n) z(1-z)
+    #   dxg_t = [dr, dz, dn], dag_t = da_t = [dr, dz, dn * r], dh_{t-1} = da_t @ w_hh + dh * z
+    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    u0 = tl.program_id(1) * BLOCK_H
+    offs_h = u0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    mask = mask_b[:, None] & mask_h[None, :]
+    bh = offs_b[:, None] * H + offs_h[None, :]
+    d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, mask_h, B, H, 3 * H,
+                            HAS_PREV, HAS_LEN, BLOCK_H, BLOCK_K)
+    a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
+    r = tl.load(a, mask=mask, other=0.0)
+    z = tl.load(a + H, mask=mask, other=0.0)
+    n = tl.load(a + 2 * H, mask=mask, other=0.0)
+    an = tl.load(a + 3 * H, mask=mask, other=0.0)
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * an * r * (1.0 - r)
+    dz = dh * (tl.load(h_ptr + bh, mask=mask, other=0.0) - n) * z * (1.0 - z)
+    tbh = (t * B + offs_b[:, None]) * 3 * H + offs_h[None, :]
+    tl.store(dxg_ptr + tbh, dr, mask=mask)
+    tl.store(dxg_ptr + tbh + H, dz, mask=mask)
+    tl.store(dxg_ptr + tbh + 2 * H, dn, mask=mask)
+    tl.store(dag_ptr + tbh, dr, mask=mask)
+    tl.store(dag_ptr + tbh + H, dz, mask=mask)
+    tl.store(dag_ptr + tbh + 2 * H, dn * r, mask=mask)
+    tl.store(dh_ptr + bh, tl.where(active, dh * z, d), mask=mask)
 
 
 # Tiles: at most 8 batch rows and 64 wide on the GPU; under the interpreter 16 and 16, so that the
@@ -242,17 +381,28 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _lstm(xg, h0, c0, w: _Weight, wr: Optional[_Weight], lengths, reverse):
+def _history(first, n):
+    """n float32 states [n, *first.shape], the first a copy of `first`; the steps read slot s % n
+    and write slot (s + 1) % n. The forward keeps two h (ping-pong) and one c (updated in place);
+    the backward's recompute n = T + 1, so slot s holds the state before the s-th step."""
+    hist = torch.empty((n, *first.shape), dtype=torch.float32, device=first.device)
+    hist[0] = first
+    return hist
+
+
+def _lstm_run(xg, h0, c0, w: _Weight, wr: Optional[_Weight], lengths, reverse, save):
+    """The T steps in float32: (y [T, B, P], hs, cs, act, hh). Without `save` hs is [2, B, P] and
+    cs [1, B, H] (_history); with it hs [T + 1, B, P] and cs [T + 1, B, H] hold every state, act
+    [T, B, 4H] the activated gates and hh [T, B, H] o * tanh(c) (with wr; else None)."""
     T, B, G = xg.shape
     H, P = G // 4, h0.shape[1]
-    dt = xg.dtype
     y = torch.empty((T, B, P), dtype=torch.float32, device=xg.device)
-    h = [_state(h0), torch.empty((B, P), dtype=torch.float32, device=xg.device)]
-    c = _state(c0)
+    hs, cs = _history(h0, T + 1 if save else 2), _history(c0, T + 1 if save else 1)
+    act = torch.empty((T, B, G), dtype=torch.float32, device=xg.device) if save else y
+    hh = torch.empty((T if save else 1, B, H), dtype=torch.float32, device=xg.device) if wr is not None else None
     if T == 0 or B == 0:
-        return y.to(dt), h[0].to(dt), c.to(dt)
+        return y, hs, cs, act, hh
     x = xg.float().contiguous()
-    hh = torch.empty((B, H), dtype=torch.float32, device=xg.device) if wr is not None else y
     len_arg = lengths.contiguous() if lengths is not None else y
     tiles = w.tiles(B, H, P)
     grid = (triton.cdiv(B, tiles["BLOCK_B"]), triton.cdiv(H, tiles["ROWS"]))
@@ -260,37 +410,67 @@ def _lstm(xg, h0, c0, w: _Weight, wr: Optional[_Weight], lengths, reverse):
         pt = wr.tiles(B, P, H)
         proj_tiles = {"BLOCK_B": pt["BLOCK_B"], "BLOCK_P": pt["ROWS"], "BLOCK_K": pt["BLOCK_K"]}
         proj_grid = (triton.cdiv(B, pt["BLOCK_B"]), triton.cdiv(P, pt["ROWS"]))
+    h, c = hs.unbind(0), cs.unbind(0)
     with on_device(xg):
-        for i, t in enumerate(_steps(T, reverse)):
-            src, dst = h[i % 2], h[(i + 1) % 2]
-            _lstm_step_kernel[grid](x, *w.ptrs(), len_arg, src, c, dst, hh, y, t, B, H, P, WEIGHT=w.kind,
-                                    HAS_LEN=lengths is not None, HAS_PROJ=wr is not None, **tiles, num_warps=4)
+        for s, t in enumerate(_steps(T, reverse)):
+            src, dst = h[s % len(h)], h[(s + 1) % len(h)]
+            hh_t = hh[t % len(hh)] if wr is not None else y
+            _lstm_step_kernel[grid](x, *w.ptrs(), len_arg, src, c[s % len(c)], dst, c[(s + 1) % len(c)], hh_t, y, act,
+                                    t, B, H, P, WEIGHT=w.kind, HAS_LEN=lengths is not None, HAS_PROJ=wr is not None,
+                                    SAVE=save, **tiles, num_warps=4)
             if wr is not None:
-                _lstm_proj_kernel[proj_grid](hh, *wr.ptrs()[:2], len_arg, src, dst, y, t, B, H, P, WEIGHT=wr.kind,
+                _lstm_proj_kernel[proj_grid](hh_t, *wr.ptrs()[:2], len_arg, src, dst, y, t, B, H, P, WEIGHT=wr.kind,
                                              HAS_LEN=lengths is not None, **proj_tiles, num_warps=4)
-    return y.to(dt), h[T % 2].to(dt), c.to(dt)
+    return y, hs, cs, act, hh
 
 
-def _gru(xg, h0, w: _Weight, b_hh, lengths, reverse):
+def _lstm(xg, h0, c0, w: _Weight, wr: Optional[_Weight], lengths, reverse):
+    y, hs, cs, _, _ = _lstm_run(xg, h0, c0, w, wr, lengths, reverse, save=False)
+    dt = xg.dtype
+    # A copy: hs[1] is a view into hs, and an op's output must start its own storage (as its fake).
+    return y.to(dt), hs[xg.shape[0] % 2].to(dt, copy=True), cs[0].to(dt)
+
+
+def _gru_run(xg, h0, w: _Weight, b_hh, lengths, reverse, save):
+    """The T steps in float32: (y [T, B, H], hs, act) as _lstm_run; act [T, B, 4H] r, z, n, an."""
     T, B, G = xg.shape
     H = G // 3
-    dt = xg.dtype
     y = torch.empty((T, B, H), dtype=torch.float32, device=xg.device)
-    h = [_state(h0), torch.empty((B, H), dtype=torch.float32, device=xg.device)]
+    hs = _history(h0, T + 1 if save else 2)
+    act = torch.empty((T, B, 4 * H), dtype=torch.float32, device=xg.device) if save else y
     if T == 0 or B == 0:
-        return y.to(dt), h[0].to(dt)
+        return y, hs, act
     x = xg.float().contiguous()
     bias = None if b_hh is None else b_hh.float().contiguous()
     lengths = None if lengths is None else lengths.contiguous()
     tiles = w.tiles(B, H, H)
     grid = (triton.cdiv(B, tiles["BLOCK_B"]), triton.cdiv(H, tiles["ROWS"]))
+    h = hs.unbind(0)
     with on_device(xg):
-        for i, t in enumerate(_steps(T, reverse)):
+        for s, t in enumerate(_steps(T, reverse)):
             _gru_step_kernel[grid](
                 x, *w.ptrs(), bias if bias is not None else y, lengths if lengths is not None else y,
-                h[i % 2], h[(i + 1) % 2], y, t, B, H, WEIGHT=w.kind, HAS_BIAS=bias is not None,
-                HAS_LEN=lengths is not None, **tiles, num_warps=4)
-    return y.to(dt), h[T % 2].to(dt)
+                h[s % len(h)], h[(s + 1) % len(h)], y, act, t, B, H, WEIGHT=w.kind, HAS_BIAS=bias is not None,
+                HAS_LEN=lengths is not None, SAVE=save, **tiles, num_warps=4)
+    return y, hs, act
+
+
+def _gru(xg, h0, w: _Weight, b_hh, lengths, reverse):
+    y, hs, _ = _gru_run(xg, h0, w, b_hh, lengths, reverse, save=False)
+    dt = xg.dtype
+    return y.to(dt), hs[xg.shape[0] % 2].to(dt, copy=True)  # a copy: see _lstm
+
+
+def _by_time(hs, T, reverse):
+    """The states before each step [T, B, P], by time t as xg (hs holds them in step order)."""
+    return hs[:T].flip(0) if reverse else hs[:T]
+
+
+def _bwd_tiles(w_t, B, U):
+    """Tiles and grid of a backward kernel over [B, U] state units with w_t = w^T [U, K]."""
+    tiles = _Weight("dense", w_t).tiles(B, U, w_t.shape[1])
+    grid = (triton.cdiv(B, tiles["BLOCK_B"]), triton.cdiv(U, tiles["ROWS"]))
+    return {"BLOCK_B": tiles["BLOCK_B"], "BLOCK_K": tiles["BLOCK_K"]}, tiles["ROWS"], grid
 
 
 # Launchers, each checked by its caller (the custom op compress.ops.<name>_triton).
@@ -320,3 +500,71 @@ def lstm_layer_bsr(xg, h0, c0, crow, col, values, w_hr, lengths, reverse):
 
 def gru_layer_bsr(xg, h0, crow, col, values, b_hh, lengths, reverse):
     return _gru(xg, h0, _Weight.of("bsr", values, crow=crow, col=col), b_hh, lengths, reverse)
+
+
+def lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse):
+    T, B, G = xg.shape
+    H, P = G // 4, h0.shape[1]
+    wr = None if w_hr is None else _Weight.of("dense", w_hr)
+    _, hs, cs, act, hh = _lstm_run(xg, h0, c0, _Weight.of("dense", w_hh), wr, lengths, reverse, save=True)
+    dxg = torch.empty((T, B, G), dtype=torch.float32, device=xg.device)
+    dh, dc = _state(dh_n), _state(dc_n)  # the carried gradients of h and c, updated in place
+    dhp = torch.empty((T, B, P), dtype=torch.float32, device=xg.device) if wr is not None else None
+    if T and B:
+        dy = dy.to(torch.float32).contiguous()
+        w_t = w_hh.t().contiguous()  # [P, 4H]: a program's units are rows, the matvec reads them whole
+        len_arg = lengths.contiguous() if lengths is not None else dxg
+        tiles, bh, grid = _bwd_tiles(w_t, B, H)
+        if wr is not None:
+            p_tiles, bp, p_grid = _bwd_tiles(w_t, B, P)
+            dhh, wr32 = torch.empty((B, H), dtype=torch.float32, device=xg.device), w_hr.float()
+        prev = None  # the time of the step handled last
+        with on_device(xg):
+            for s, t in reversed(list(enumerate(_steps(T, reverse)))):
+                da = dxg if prev is None else dxg[prev]
+                if wr is not None:
+                    # The projection's product dh_P @ w_hr is a torch matmul per step (a kernel
+                    # owning hidden units would need all P of dh_P: a second pass either way).
+                    _lstm_bwd_proj_kernel[p_grid](dy, w_t, da, len_arg, dh, dhp, t, B, P, G, HAS_PREV=prev is not None,
+                                                  HAS_LEN=lengths is not None, BLOCK_P=bp, **p_tiles, num_warps=4)
+                    torch.mm(dhp[t], wr32, out=dhh)
+                _lstm_bwd_step_kernel[grid](dy, w_t, da, len_arg, act, cs[s], cs[s + 1], dhh if wr is not None else dh,
+                                            dh, dc, dxg, t, B, H, HAS_PREV=prev is not None,
+                                            HAS_LEN=lengths is not None, HAS_PROJ=wr is not None, BLOCK_H=bh,
+                                            **tiles, num_warps=4)
+                prev = t
+        dh = torch.addmm(dh, dxg[prev], w_hh.float())
+    # The weight gradients as one GEMM over all steps: dW_hh = dG^T [4H, T*B] @ Hprev [T*B, P].
+    dw = dxg.reshape(T * B, G).t() @ _by_time(hs, T, reverse).reshape(T * B, P)
+    dt = xg.dtype
+    dwr = dhp.reshape(T * B, P).t() @ hh.reshape(T * B, H) if wr is not None else None
+    return (dxg.to(dt), dh.to(dt), dc.to(dt), dw.to(dt),
+            dwr.to(dt) if dwr is not None else w_hh.new_empty(0))
+
+
+def gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse):
+    T, B, G = xg.shape
+    H = G // 3
+    _, hs, act = _gru_run(xg, h0, _Weight.of("dense", w_hh), b_hh, lengths, reverse, save=True)
+    dxg = torch.empty((T, B, G), dtype=torch.float32, device=xg.device)
+    dag = torch.empty((T, B, G), dtype=torch.float32, device=xg.device)  # d (h @ w_hh^T + b_hh) per step
+    dh = _state(dh_n)
+    if T and B:
+        dy = dy.to(torch.float32).contiguous()
+        w_t = w_hh.t().contiguous()
+        len_arg = lengths.contiguous() if lengths is not None else dxg
+        tiles, bh, grid = _bwd_tiles(w_t, B, H)
+        prev = None
+        with on_device(xg):
+            for s, t in reversed(list(enumerate(_steps(T, reverse)))):
+                _gru_bwd_step_kernel[grid](dy, w_t, dag if prev is None else dag[prev], len_arg, act, hs[s], dh, dxg,
+                                           dag, t, B, H, HAS_PREV=prev is not None, HAS_LEN=lengths is not None,
+                                           BLOCK_H=bh, **tiles, num_warps=4)
+                prev = t
+        dh = torch.addmm(dh, dag[prev], w_hh.float())
+    # dW_hh = dA^T [3H, T*B] @ Hprev [T*B, H] as one GEMM; db_hh its column sums.
+    dag = dag.reshape(T * B, G)
+    dw = dag.t() @ _by_time(hs, T, reverse).reshape(T * B, H)
+    dt = xg.dtype
+    return (dxg.to(dt), dh.to(dt), dw.to(dt),
+            dag.sum(0).to(dt) if b_hh is not None else w_hh.new_empty(0))

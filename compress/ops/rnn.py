@@ -577,9 +577,31 @@ _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.de
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
 
 # The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp); no CUDA kernel yet (native_cuda
-# reports it missing); the Triton entry is the reference until a Triton backward exists.
-_backend.register_standard("lstm_layer_backward", lstm_layer_backward_reference, lstm_layer_backward_reference)
-_backend.register_standard("gru_layer_backward", gru_layer_backward_reference, gru_layer_backward_reference)
+# reports it missing); Triton kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
+
+@torch.library.custom_op("compress::lstm_layer_backward_triton", mutates_args=())
+def lstm_layer_backward_triton(dy: Tensor, dh_n: Tensor, dc_n: Tensor, xg: Tensor, h0: Tensor, c0: Tensor,
+                               w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor],
+                               reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_lstm_layer_backward(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
+    from compress.triton_kernels.rnn import lstm_layer_backward as launch
+    return launch(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+@torch.library.custom_op("compress::gru_layer_backward_triton", mutates_args=())
+def gru_layer_backward_triton(dy: Tensor, dh_n: Tensor, xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                              lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
+    from compress.triton_kernels.rnn import gru_layer_backward as launch
+    return launch(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
+
+
+lstm_layer_backward_triton.register_fake(_lstm_layer_backward_fake)
+gru_layer_backward_triton.register_fake(_gru_layer_backward_fake)
+_backend.register_standard("lstm_layer_backward", torch.ops.compress.lstm_layer_backward_triton.default,
+                           lstm_layer_backward_reference)
+_backend.register_standard("gru_layer_backward", torch.ops.compress.gru_layer_backward_triton.default,
+                           gru_layer_backward_reference)
 
 
 # Compressed-weight variants (no autograd: inference only). Their C++ CPU / CUDA kernels register
