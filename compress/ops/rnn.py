@@ -576,8 +576,8 @@ for _name in ("compress::gru_layer", "compress::gru_layer_triton"):
 _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.default, lstm_layer_reference)
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
 
-# The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp); no CUDA kernel yet (native_cuda
-# reports it missing); Triton kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
+# The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp), CUDA kernel (csrc/rnn/rnn_backward.cu
+# + rnn_cuda.cpp: auto picks it for CUDA tensors where compress._C was built with its CUDA part); Triton kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
 
 @torch.library.custom_op("compress::lstm_layer_backward_triton", mutates_args=())
 def lstm_layer_backward_triton(dy: Tensor, dh_n: Tensor, dc_n: Tensor, xg: Tensor, h0: Tensor, c0: Tensor,

@@ -14,31 +14,38 @@
 //  3. The weight gradients as one GEMM over all steps, dW_hh = dG^T [G*H, T*B] @ Hprev [T*B, P]
 //     (GRU db_hh a column sum of the same matrix), instead of T rank-B updates.
 // Inactive steps (lengths) have dG_t = 0 and pass dh, dc through, so they add nothing to dW.
+// The pointwise loops call the per-element functions of rnn_backward_math.h, which the CUDA
+// kernels (rnn_backward.cu, the same plan in rnn_cuda.cpp) run one element per thread.
 //
 // Threads: the GEMMs run on ATen's (torch.set_num_threads) threads; the pointwise loops are
 // serial (they are O(B*H) per step against the GEMMs' O(B*H*P)).
+//
+// Speed: rnn_bwd::tanh_exp is tanh from one expf. With libm's tanhf (and scalar sigmoids for the
+// LSTM gates) the backward took 385 ms at B = 64, H = 256, T = 64 on one thread, slower than the
+// Python BPTT (332 ms); with tanh_exp and one ATen sigmoid_ per step, 93 ms (reference 107 ms,
+// loaded box).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <cstdint>
 #include <tuple>
 
 #include "common.h"
+#include "rnn/rnn_backward_math.h"
 
 namespace compress {
 namespace {
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-// tanh from one expf (absolute error ~1e-7). With libm's tanhf (and scalar sigmoids for the LSTM
-// gates) the backward took 385 ms at B = 64, H = 256, T = 64 on one thread, slower than the Python
-// BPTT (332 ms); with this and one ATen sigmoid_ per step, 93 ms (reference 107 ms, loaded box).
-inline float tanh_exp(float x) { return 2.0f * sigmoid(2.0f * x) - 1.0f; }
+using namespace rnn_bwd;
 
-inline bool active(const int64_t* len, int64_t t, int64_t b) { return len == nullptr || t < len[b]; }
+// f(b, j) for every element of a [rows, cols] step (the CUDA kernels: one element per thread).
+template <class F>
+void for_each_element(int64_t rows, int64_t cols, F f) {
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t j = 0; j < cols; ++j) f(b, j);
+}
 
-// The step order of the forward: s-th step runs t = step(s).
-inline int64_t step(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+float* ptr(const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<float>() : nullptr; }
 
 at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
@@ -98,44 +105,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const int64_t* L = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
   const auto opt = x.options();
 
-  // 1. Forward: G = activated gates, Hp = h before the step, Cp = c before, TC = tanh(c after),
-  // HH = o * tanh(c) (the projection's input), all indexed by t.
+  // 1. Forward: G = activated gates, Hp = h before the step (each step writes the next step's
+  // slot; the last h is not needed), Cp = c before, TC = tanh(c after), HH = o * tanh(c) (the
+  // projection's input), all indexed by t.
   at::Tensor G = at::empty({T, B, 4 * H}, opt), Hp = at::empty({T, B, P}, opt);
   at::Tensor Cp = at::empty({T, B, H}, opt), TC = at::empty({T, B, H}, opt);
   at::Tensor HH = proj ? at::empty({T, B, H}, opt) : at::Tensor();
-  at::Tensor h = f32(h0).clone(), c = f32(c0).clone();
-  at::Tensor hnew = proj ? at::empty({B, P}, opt) : at::Tensor();
+  at::Tensor c = f32(c0).clone();
+  if (T > 0) Hp[step(0, T, reverse)].copy_(h0);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step(s, T, reverse);
-    Hp[t].copy_(h);
-    at::Tensor Gt = G[t];
-    at::addmm_out(Gt, x[t], h, wt);
+    at::Tensor Gt = G[t], h_next = s + 1 < T ? Hp[step(s + 1, T, reverse)] : at::Tensor();
+    at::addmm_out(Gt, x[t], Hp[t], wt);
     Gt.sigmoid_();
-    float* g = Gt.data_ptr<float>();
-    float* cp = Cp[t].data_ptr<float>();
-    float* tc = TC[t].data_ptr<float>();
-    float* hh = proj ? HH[t].data_ptr<float>() : h.data_ptr<float>();
-    float* cs = c.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      const bool on = active(L, t, b);
-      float* gb = g + b * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const float i = gb[j], f = gb[H + j], gg = 2.0f * gb[2 * H + j] - 1.0f, o = gb[3 * H + j];
-        gb[2 * H + j] = gg;
-        const float c_prev = cs[b * H + j], c_new = f * c_prev + i * gg, t_c = tanh_exp(c_new);
-        cp[b * H + j] = c_prev;
-        tc[b * H + j] = t_c;
-        if (on) cs[b * H + j] = c_new;
-        if (on || proj) hh[b * H + j] = o * t_c;  // without projection hh is h itself
-      }
-    }
-    if (proj) {
-      at::mm_out(hnew, HH[t], wrt);
-      const float* hn = hnew.const_data_ptr<float>();
-      float* hs = h.data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b)
-        if (active(L, t, b))
-          for (int64_t k = 0; k < P; ++k) hs[b * P + k] = hn[b * P + k];
+    const LstmRecompute p{ptr(Gt), ptr(c), ptr(Cp[t]), ptr(TC[t]), proj ? ptr(HH[t]) : nullptr, ptr(Hp[t]),
+                          proj ? nullptr : ptr(h_next), L, t, B, H};
+    const float* g = p.gates;
+    for_each_element(B, H, [&](int64_t b, int64_t j) {
+      const float* gb = g + b * 4 * H + j;
+      lstm_recompute(p, b, j, gb[0], gb[H], 2.0f * gb[2 * H] - 1.0f, gb[3 * H]);
+    });
+    if (proj && h_next.defined()) {
+      at::mm_out(h_next, HH[t], wrt);
+      const KeepInactive k{ptr(Hp[t]), ptr(h_next), L, t, B, P};
+      if (L != nullptr) for_each_element(B, P, [&](int64_t b, int64_t q) { keep_inactive(k, b, q); });
     }
   }
 
@@ -150,46 +143,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const int64_t t = step(s, T, reverse);
     // dh_new = dh + dy_t on active rows, 0 on inactive ones (whose dh passes through). Active rows'
     // dh is zeroed here and then becomes dG_t @ w_hh below (inactive rows add dG_t = 0 to theirs).
-    at::Tensor dhn_t = proj ? DHn[t] : dhn;
-    {
-      float* d = dhn_t.data_ptr<float>();
-      float* dhs = dh.data_ptr<float>();
-      const float* dyt = dyf[t].const_data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b) {
-        const bool on = active(L, t, b);
-        for (int64_t k = 0; k < P; ++k) {
-          d[b * P + k] = on ? dhs[b * P + k] + dyt[b * P + k] : 0.0f;
-          if (on) dhs[b * P + k] = 0.0f;
-        }
-      }
-    }
+    const at::Tensor dhn_t = proj ? DHn[t] : dhn;
+    const LstmOutputGrad po{ptr(dh), ptr(dyf[t]), ptr(dhn_t), L, t, B, P};
+    for_each_element(B, P, [&](int64_t b, int64_t q) { lstm_output_grad(po, b, q); });
     if (proj) at::mm_out(dhh, dhn_t, wr);
-    // d/dpre of each gate: i, f, o through sigmoid' = s (1 - s), g through tanh' = 1 - g^2;
-    // dc_s = dc + dh * o * (1 - tanh(c)^2) is the gradient at c_t, dc_{t-1} = dc_s * f.
-    const float* gt = G[t].const_data_ptr<float>();
-    const float* cp = Cp[t].const_data_ptr<float>();
-    const float* tc = TC[t].const_data_ptr<float>();
-    const float* dq = dhh.const_data_ptr<float>();
-    float* dgt = dG[t].data_ptr<float>();
-    float* dcs_ = dc.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      const float* gb = gt + b * 4 * H;
-      float* db = dgt + b * 4 * H;
-      if (!active(L, t, b)) {
-        for (int64_t j = 0; j < 4 * H; ++j) db[j] = 0.0f;
-        continue;
-      }
-      for (int64_t j = 0; j < H; ++j) {
-        const float i = gb[j], f = gb[H + j], g = gb[2 * H + j], o = gb[3 * H + j];
-        const float t_c = tc[b * H + j], d_h = dq[b * H + j];
-        const float dcs = dcs_[b * H + j] + d_h * o * (1.0f - t_c * t_c);
-        db[j] = dcs * g * i * (1.0f - i);
-        db[H + j] = dcs * cp[b * H + j] * f * (1.0f - f);
-        db[2 * H + j] = dcs * i * (1.0f - g * g);
-        db[3 * H + j] = d_h * t_c * o * (1.0f - o);
-        dcs_[b * H + j] = dcs * f;
-      }
-    }
+    const LstmGrad pg{ptr(G[t]), ptr(Cp[t]), ptr(TC[t]), ptr(dhh), ptr(dc), ptr(dG[t]), L, t, B, H};
+    for_each_element(B, H, [&](int64_t b, int64_t j) { lstm_grad(pg, b, j); });
     dh.addmm_(dG[t], w);
   }
 
@@ -219,32 +178,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_backward_cp
   const int64_t* L = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
   const auto opt = x.options();
 
-  // 1. Forward: G = activated r, z, n; AN = the n part of h @ w_hh^T + b_hh; Hp = h before the step.
+  // 1. Forward: G = activated r, z, n; AN = the n part of h @ w_hh^T + b_hh; Hp = h before the
+  // step (each step writes the next step's slot; the last h is not needed).
   at::Tensor G = at::empty({T, B, 3 * H}, opt), AN = at::empty({T, B, H}, opt), Hp = at::empty({T, B, H}, opt);
-  at::Tensor h = f32(h0).clone(), a = at::empty({B, 3 * H}, opt);
+  at::Tensor a = at::empty({B, 3 * H}, opt);
+  if (T > 0) Hp[step(0, T, reverse)].copy_(h0);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step(s, T, reverse);
-    Hp[t].copy_(h);
+    const at::Tensor h = Hp[t], h_next = s + 1 < T ? Hp[step(s + 1, T, reverse)] : at::Tensor();
     if (bias.defined()) at::addmm_out(a, bias, h, wt);
     else at::mm_out(a, h, wt);
-    const float* xt = x[t].const_data_ptr<float>();
-    const float* at_ = a.const_data_ptr<float>();
-    float* g = G[t].data_ptr<float>();
-    float* an = AN[t].data_ptr<float>();
-    float* hs = h.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      const bool on = active(L, t, b);
-      const float* xb = xt + b * 3 * H;
-      const float* ab = at_ + b * 3 * H;
-      float* gb = g + b * 3 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const float r = sigmoid(xb[j] + ab[j]), z = sigmoid(xb[H + j] + ab[H + j]);
-        const float n = tanh_exp(xb[2 * H + j] + r * ab[2 * H + j]);
-        gb[j] = r, gb[H + j] = z, gb[2 * H + j] = n;
-        an[b * H + j] = ab[2 * H + j];
-        if (on) hs[b * H + j] = (1.0f - z) * n + z * hs[b * H + j];
-      }
-    }
+    const GruRecompute p{ptr(x[t]), ptr(a), ptr(h), ptr(h_next), ptr(G[t]), ptr(AN[t]), L, t, B, H};
+    for_each_element(B, H, [&](int64_t b, int64_t j) { gru_recompute(p, b, j); });
   }
 
   // 2. Backward: dG is dxg = (dpr, dpz, dpn), DA = d(h @ w_hh^T + b_hh) = (dpr, dpz, dpn * r).
@@ -253,37 +198,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_backward_cp
   at::Tensor dh = f32(dh_n).clone();
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = step(s, T, reverse);
-    // dpn = dh' (1 - z)(1 - n^2), dpr = dpn * an * r (1 - r), dpz = dh' (h_prev - n) z (1 - z) with
-    // dh' = dh + dy_t; then dh_{t-1} = dh' z + DA_t @ w_hh (the GEMM below). Inactive rows: DA_t = 0
-    // and dh passes through.
-    const float* gt = G[t].const_data_ptr<float>();
-    const float* an = AN[t].const_data_ptr<float>();
-    const float* hp = Hp[t].const_data_ptr<float>();
-    const float* dyt = dyf[t].const_data_ptr<float>();
-    float* dgt = dG[t].data_ptr<float>();
-    float* dat = DA[t].data_ptr<float>();
-    float* dhs = dh.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      float* dgb = dgt + b * 3 * H;
-      float* dab = dat + b * 3 * H;
-      if (!active(L, t, b)) {
-        for (int64_t j = 0; j < 3 * H; ++j) dgb[j] = dab[j] = 0.0f;
-        continue;
-      }
-      const float* gb = gt + b * 3 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const float r = gb[j], z = gb[H + j], n = gb[2 * H + j];
-        const float d = dhs[b * H + j] + dyt[b * H + j];
-        const float dpn = d * (1.0f - z) * (1.0f - n * n);
-        const float dpr = dpn * an[b * H + j] * r * (1.0f - r);
-        const float dpz = d * (hp[b * H + j] - n) * z * (1.0f - z);
-        dgb[j] = dab[j] = dpr;
-        dgb[H + j] = dab[H + j] = dpz;
-        dgb[2 * H + j] = dpn;
-        dab[2 * H + j] = dpn * r;
-        dhs[b * H + j] = d * z;
-      }
-    }
+    // gru_grad leaves dh = (dh + dy_t) z on active rows; + DA_t @ w_hh makes it dh_{t-1}. Inactive
+    // rows: DA_t = 0 and dh passes through.
+    const GruGrad p{ptr(G[t]), ptr(AN[t]), ptr(Hp[t]), ptr(dyf[t]), ptr(dh), ptr(dG[t]), ptr(DA[t]), L, t, B, H};
+    for_each_element(B, H, [&](int64_t b, int64_t j) { gru_grad(p, b, j); });
     dh.addmm_(DA[t], w);
   }
 
