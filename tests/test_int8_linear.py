@@ -203,3 +203,22 @@ def test_compile_fullgraph(backend):
         eager = f(x)
         compiled = torch.compile(f, fullgraph=True)(x)
     assert_close_scaled(compiled, eager, 1e-6, "compiled vs eager")
+
+
+# CUDA split-K (csrc/int8/int8_gemm.cu, M <= 32 on a small grid; see test_int8_mm.py test_cuda_splitk):
+# partial int32 sums in a workspace, then the dequant epilogue as a separate kernel. Its results must be
+# bit-identical to the unsplit path (COMPRESS_INT8_SPLITK=0). Written without a GPU; not yet run on one.
+@pytest.mark.cuda
+@pytest.mark.parametrize("M", [1, 3, 17, 32])
+@pytest.mark.parametrize("N,K", [(97, 4112), (45, 4100)])
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
+def test_int8_linear_cuda_splitk(monkeypatch, M, N, K, out_dtype):
+    args = int8_linear_args(M, N, K, torch.device("cuda"), out_dtype, bias=M % 2 == 1)
+    outs = {}
+    for splitk in ("1", "0"):
+        monkeypatch.setenv("COMPRESS_INT8_SPLITK", splitk)
+        with poisoned_outputs():
+            outs[splitk] = run("int8_linear", "cuda", *args)
+    what = f"{M}x{N}x{K} {out_dtype}"
+    assert_close_scaled(outs["1"], ops.int8_linear_reference(*args), FLOAT_TOL[out_dtype], "split-K " + what)
+    assert torch.equal(outs["1"], outs["0"]), f"split-K and unsplit differ: {what}"

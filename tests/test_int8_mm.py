@@ -208,3 +208,32 @@ def test_compile_fullgraph(backend):
         compiled = torch.compile(f, fullgraph=True)(a, b)
     assert_exact(compiled, eager, f"compiled vs eager on {backend}")
     assert_exact(eager, ops.int8_mm_reference(a, b) * 2 + 1, f"eager on {backend}")
+
+
+# ---- CUDA split-K (csrc/int8/int8_gemm.cu): M <= 32 on a grid of few CTAs sums K splits with int32
+# atomics; COMPRESS_INT8_SPLITK=0 switches it off. N = 97 / 45 give at most 2 x 4 CTAs, so these split
+# on any GPU: K = 4112 (33 BK-slices of 128, the last 16 bytes: a last split shorter than the others
+# with a tail), K = 4100 (padded to 4112 by the glue), K = 1040 (9 slices: 2 splits). Written without
+# a GPU; not yet run on one.
+SPLITK_SHAPES = [(M, N, K) for M in (1, 3, 17, 32) for N, K in [(97, 4112), (45, 4100), (97, 1040)]]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("splitk", ["1", "0"])
+@pytest.mark.parametrize("M,N,K", SPLITK_SHAPES)
+def test_cuda_splitk(monkeypatch, splitk, M, N, K):
+    monkeypatch.setenv("COMPRESS_INT8_SPLITK", splitk)
+    a, b = make_int8(M, K, "cuda"), make_int8(K, N, "cuda", "transposed")
+    with poisoned_outputs():
+        out = run("cuda", a, b)
+    assert_exact(out, ops.int8_mm_reference(a, b), f"cuda split-K={splitk} {M}x{N}x{K}")
+
+
+@pytest.mark.cuda
+def test_cuda_splitk_extremes():
+    # every split must add its full share: all -128 at K = 4112 sums to 128 * 128 * 4112 exactly
+    a = torch.full((3, 4112), -128, dtype=torch.int8, device="cuda")
+    w = torch.full((97, 4112), -128, dtype=torch.int8, device="cuda")
+    with poisoned_outputs():
+        out = run("cuda", a, w.t())
+    assert_exact(out, torch.full((3, 97), 128 * 128 * 4112, dtype=torch.int32, device="cuda"), "split-K extremes")

@@ -168,6 +168,48 @@ def pick_config(M: int) -> Cfg:
     return SMALL if M <= K_SMALL_MAX_M else BIG
 
 
+K_MIN_SPLIT_TILES, K_MAX_SPLITS = 4, 64
+
+
+def splitk_plan(M: int, N: int, K: int, wave: int) -> tuple[int, int]:
+    """int8_gemm.cu splitk_plan: (splits, k_split)."""
+    one = (1, K)
+    if M > K_SMALL_MAX_M:
+        return one
+    BK = SMALL.BK
+    num_kt = (K + BK - 1) // BK
+    ctas = ((M + SMALL.BM - 1) // SMALL.BM) * ((N + SMALL.BN - 1) // SMALL.BN)
+    want = min(2 * wave // ctas, num_kt // K_MIN_SPLIT_TILES, K_MAX_SPLITS)
+    if want < 2:
+        return one
+    tiles = (num_kt + want - 1) // want
+    splits = (num_kt + tiles - 1) // tiles
+    return one if splits < 2 else (splits, tiles * BK)
+
+
+def check_splitk_plan():
+    """Over many sizes and GPUs: splits tile [0, K) exactly with non-empty BK-aligned ranges, at
+    most ~2 waves, and no split when the M x N grid alone fills more than a wave."""
+    n = 0
+    for wave in (1, 8, 108 * 4, 132 * 6, 5000):
+        for M in (1, 16, 17, 32, 33):
+            for N in (1, 45, 97, 1000, 4096, 16384):
+                for K in list(range(0, 2200, 16)) + [4096, 4100 + 12, 8192, 65536 + 16]:
+                    splits, k_split = splitk_plan(M, N, K, wave)
+                    ctas = -(-M // SMALL.BM) * -(-N // SMALL.BN)
+                    if splits == 1:
+                        assert k_split == K
+                        continue
+                    n += 1
+                    assert M <= K_SMALL_MAX_M and 2 <= splits <= K_MAX_SPLITS and k_split % SMALL.BK == 0
+                    ranges = [(z * k_split, min(K, (z + 1) * k_split)) for z in range(splits)]
+                    assert all(hi > lo for lo, hi in ranges), "empty split"
+                    assert ranges[-1][1] == K and all(ranges[i][1] == ranges[i + 1][0] for i in range(splits - 1))
+                    assert k_split >= K_MIN_SPLIT_TILES * SMALL.BK
+                    assert ctas * splits <= 2 * wave and ctas <= wave
+    return n
+
+
 def swz(BK: int, r: int) -> int:
     return ((r >> 1) & 3) if BK == 64 else (r & 7)
 
@@ -220,12 +262,20 @@ class Sim:
         assert np.all(self.pend_count[addr16 // 16] == 0), "smem read races a pending cp.async"
 
 
-def run_cta(sim: Sim, bx: int, by: int, written: np.ndarray, stats: dict):
-    cfg, K = sim.cfg, sim.K
+def run_cta(sim: Sim, bx: int, by: int, written: np.ndarray, stats: dict, bz: int = 0, k_split=None,
+            atomic_add=False):
+    cfg = sim.cfg
     BK, STAGES, CH = cfg.BK, cfg.STAGES, cfg.kChunks
     MT, NT = cfg.kMTiles, cfg.kNTiles
     m0, n0 = bx * cfg.BM, by * cfg.BN
     T = cfg.kThreads
+    # split-K: this CTA's K range (the kernel's k_begin / k_len); one split: k_split = K
+    k_split = sim.K if k_split is None else k_split
+    k_begin = bz * k_split
+    k_len = min(sim.K - k_begin, k_split)
+    assert k_len > 0 or sim.K == 0, "an empty split was launched"
+    assert k_len % 16 == 0 and (bz == 0 or k_begin % BK == 0)
+    K = k_len  # the predicates below are the kernel's, on the split's length
 
     # ---- per-thread copy assignment
     thr = []
@@ -235,13 +285,13 @@ def run_cta(sim: Sim, bx: int, by: int, written: np.ndarray, stats: dict):
         for j in range(cfg.kLoadsA):
             r = (tid + j * T) // CH
             ok = m0 + r < sim.M
-            a.append((ok, (m0 + r) * sim.lda + ld_chunk * 16 if ok else 0,
+            a.append((ok, (m0 + r) * sim.lda + k_begin + ld_chunk * 16 if ok else 0,
                       tile_offset(BK, r, ld_chunk)))
         b = []
         for j in range(cfg.kLoadsB):
             r = (tid + j * T) // CH
             ok = n0 + r < sim.N
-            b.append((ok, (n0 + r) * sim.ldb + ld_chunk * 16 if ok else 0,
+            b.append((ok, (n0 + r) * sim.ldb + k_begin + ld_chunk * 16 if ok else 0,
                       cfg.kStageBytesA + tile_offset(BK, r, ld_chunk)))
         thr.append((ld_chunk, a, b))
 
@@ -337,7 +387,12 @@ def run_cta(sim: Sim, bx: int, by: int, written: np.ndarray, stats: dict):
                     for ni in range(NT):
                         col = n0 + wn0 + ni * 8 + 2 * t
                         v0, v1 = acc[warp, mi, ni, lane, 2 * h], acc[warp, mi, ni, lane, 2 * h + 1]
-                        if vec2 and col + 1 < sim.N:
+                        if atomic_add:  # Int32Store::atomic_add: C += acc, per element
+                            for c_, v in ((col, v0), (col + 1, v1)):
+                                if c_ < sim.N:
+                                    sim.C[row * sim.ldc + c_] += v
+                                    written[row, c_] += 1
+                        elif vec2 and col + 1 < sim.N:
                             assert (sim.c_base_elems + row * sim.ldc + col) % 2 == 0
                             store(sim, written, row, col, v0)
                             store(sim, written, row, col + 1, v1)
@@ -387,9 +442,13 @@ def mma_fast(c, a, b):
     return d.astype(np.int32)
 
 
-def run_gemm(M, N, K, lda, ldb, ldc, cfg=None, c_base_elems=0, seed=0):
-    """Simulate the whole grid; returns stats. K here is the kernel's K (a multiple of 16)."""
+def run_gemm(M, N, K, lda, ldb, ldc, cfg=None, c_base_elems=0, seed=0, wave=None):
+    """Simulate the whole grid; returns stats. K here is the kernel's K (a multiple of 16).
+    wave: resident CTAs of a modelled GPU: split K as splitk_plan decides (C zeroed, then added)."""
     cfg = cfg or pick_config(M)
+    splits, k_split = splitk_plan(M, N, K, wave) if wave is not None else (1, K)
+    if splits > 1:
+        assert cfg is SMALL
     cfg.static_asserts()
     assert K % 16 == 0 and lda % 16 == 0 and ldb % 16 == 0 and lda >= K and ldb >= K
     rng = np.random.default_rng(seed)
@@ -398,13 +457,19 @@ def run_gemm(M, N, K, lda, ldb, ldc, cfg=None, c_base_elems=0, seed=0):
     Bt = rng.integers(-128, 128, size=max((N - 1) * ldb + K, 16), dtype=np.int64).astype(np.int8)
     C = np.full((M - 1) * ldc + N, -7, np.int32)
     written = np.zeros((M, N), np.int64)
-    stats = dict(cp_phases=0, cp_conflicts=0, ldsm_phases=0, ldsm_conflicts=0, vec_stores=0, ctas=0)
+    stats = dict(cp_phases=0, cp_conflicts=0, ldsm_phases=0, ldsm_conflicts=0, vec_stores=0, ctas=0,
+                 splits=splits, k_split=k_split)
     grid_m, grid_n = (M + cfg.BM - 1) // cfg.BM, (N + cfg.BN - 1) // cfg.BN
     assert grid_n <= 65535
-    for bx, by in itertools.product(range(grid_m), range(grid_n)):
+    if splits > 1:  # zero_int32: C's [M, N] elements (not the ldc padding)
+        for m in range(M):
+            C[m * ldc : m * ldc + N] = 0
+    for bz, bx, by in itertools.product(range(splits), range(grid_m), range(grid_n)):
         sim = Sim(cfg, A, Bt, C, M, N, K, lda, ldb, ldc, c_base_elems)
-        run_cta(sim, bx, by, written, stats)
+        run_cta(sim, bx, by, written, stats, bz, k_split, atomic_add=splits > 1)
         stats["ctas"] += 1
+    assert np.all(written == splits), "every C element added exactly once per split"
+    written //= splits
     # reference
     Am = np.stack([A[m * lda : m * lda + K] for m in range(M)]).astype(np.int64) if K else np.zeros((M, 0), np.int64)
     Bm = np.stack([Bt[n * ldb : n * ldb + K] for n in range(N)]).astype(np.int64) if K else np.zeros((N, 0), np.int64)
@@ -479,6 +544,21 @@ def main() -> int:
               f"{st['ctas']} CTAs exact, each C once; bank conflicts ldsm {st['ldsm_conflicts']}/{st['ldsm_phases']} "
               f"cp.async {st['cp_conflicts']}/{st['cp_phases']}; int2 stores {st['vec_stores']}")
         assert st["ldsm_conflicts"] == 0 and st["cp_conflicts"] == 0
+    # split-K: plan arithmetic, then whole grids with K splits (C zeroed, atomic adds)
+    n = check_splitk_plan()
+    print(f"ok  splitk_plan: {n} split configurations tile K exactly, none empty, <= 2 waves")
+    for M, N, K, lda, ldb, ldc, wave in [
+        (1, 45, 4112, 4112, 4112, 45, 132 * 6),    # 33 slices -> 7 splits of 5 (last 3, 16-byte tail)
+        (3, 97, 1040, 1040, 1056, 98, 108 * 4),    # 9 slices -> 2 splits of 5 + 4 (tail)
+        (17, 33, 2064, 2080, 2064, 34, 64),        # 17 slices -> 4 splits of 5, 5, 5, 2
+        (32, 7, 1024, 1024, 1024, 7, 132 * 6),     # 8 slices -> 2 splits of 4 exactly
+        (2, 40, 4096 + 128, 4224, 4224, 41, 4),    # small wave: 4 splits (2 CTAs x 4 <= 2 waves)
+    ]:
+        st = run_gemm(M, N, K, lda, ldb, ldc, SMALL, seed=K + M, wave=wave)
+        assert st["splits"] > 1, st
+        assert st["ldsm_conflicts"] == 0 and st["cp_conflicts"] == 0
+        print(f"ok  split-K M={M:2d} N={N:3d} K={K} ldc={ldc} wave={wave}: {st['splits']} splits of "
+              f"{st['k_split']} bytes, {st['ctas']} CTAs, C == A @ Bt^T exactly, each element added once per split")
     # K = 0: no slice, zeros written everywhere once
     st = run_gemm(3, 5, 0, 16, 16, 5)
     print("ok  K=0 writes zeros, each C once")

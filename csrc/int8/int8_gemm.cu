@@ -13,16 +13,36 @@
 //
 //   Epilogues (the kernel's second template argument, a small struct passed as a kernel
 //   parameter; the main loop is shared):
-//     Int32Store    C = acc as int32                                         (int8_gemm_tn)
+//     Int32Store    C = acc as int32, or C += acc with atomicAdd (split-K)   (int8_gemm_tn)
 //     DequantStore  out = ((float(acc) * x_scale[m]) * w_scale[n]) + bias[n] (int8_gemm_tn_dequant)
 //                   output dtype (f32 / bf16 / f16) and bias-present are RUNTIME switches inside
 //                   it (one warp-uniform branch per tile), so each config has just 2 kernels.
 //
-//   Two tile configs (compile time matters; nothing else is templated), x 2 epilogues = 4 kernels:
+//   Two tile configs (compile time matters; nothing else is templated), x 2 epilogues = 4 kernels
+//   (+ int8_dequant_kernel, the split-K epilogue of int8_gemm_tn_dequant):
 //     Big   BM=128 BN=128 BK=64,  8 warps as 2 (M) x 4 (N), warp tile 64x32, 4 stages, 64 KiB smem
 //     Small BM=16  BN=32  BK=128, 2 warps as 1 x 2,          warp tile 16x16, 6 stages, 36 KiB smem
 //   The small one serves M <= 32 (decode-like): it cuts N finely (4096 columns -> 128 CTAs)
-//   and keeps ~20 KiB of Bt in flight per CTA. Split-K would do better still (later work).
+//   and keeps ~20 KiB of Bt in flight per CTA.
+//
+//   Split-K (Small only): a small-M grid of few CTAs leaves most SMs idle while the weight
+//   streams through a handful of them. splitk_plan() then cuts K into S splits (grid.z = S, each
+//   k_split bytes of K, a multiple of BK, the last one shorter; none empty), so that the grid
+//   fills about two waves of resident CTAs; S = 1 (no split) when the M x N tiles alone fill
+//   more than one wave, when K has fewer than 2 * kMinSplitTiles BK-slices, or when
+//   COMPRESS_INT8_SPLITK=0. Each CTA runs the unchanged main loop over its split (its start and
+//   length are runtime kernel arguments: no extra instantiation) and adds its partial int32
+//   tile into a buffer zeroed first (cudaMemsetAsync) with atomicAdd (Int32Store::atomic_add).
+//   Why atomics and not a [S, M, N] workspace + reduction kernel: integer addition is associative
+//   and commutative (also modulo 2^32, as the mma accumulation wraps), so the sum is bit-exact and
+//   the same on every run whatever the order the splits land in; it needs only [M, N] int32
+//   (int8_gemm_tn: C itself) and no reduction kernel. The atomics per CTA (BM x BN) are small
+//   next to its loads (>= kMinSplitTiles x BN x BK bytes of Bt). int8_gemm_tn_dequant sums into a
+//   caller-provided [M, N] int32 workspace, then int8_dequant_kernel applies the DequantStore
+//   epilogue (same dequant() / OutTraits code, hence bit-identical to the unsplit path).
+//   NOT RUN ON A GPU YET: written and checked offline only (compiled for sm_80 / sm_90a, ptxas -v,
+//   benchmarks/dev/int8_gemm_model.py replays the split ranges and tails); tests in
+//   tests/test_int8_mm.py / test_int8_linear.py (test_cuda_splitk*) run it on a GPU.
 //
 // ---------------------------------------------------------------------------------------------
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k32", .s8; lane = 4*g + t with
@@ -62,7 +82,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "int8_gemm.h"
 
@@ -100,6 +123,11 @@ struct Int8GemmConfig {
 using BigConfig = Int8GemmConfig<128, 128, 64, 2, 4, 4, 2>;
 using SmallConfig = Int8GemmConfig<16, 32, 128, 1, 2, 6, 1>;
 constexpr int kSmallMaxM = 32;  // M <= this uses SmallConfig
+// Split-K (SmallConfig only, see the header comment): a split holds at least this many BK-slices,
+// so a CTA's BM x BN atomics stay small next to its loads and its pipeline gets some depth;
+// at most kMaxSplits splits. Heuristic numbers, not tuned on a GPU.
+constexpr int kMinSplitTiles = 4;
+constexpr int kMaxSplits = 64;
 
 // ---- PTX wrappers ---------------------------------------------------------------------------
 
@@ -166,9 +194,10 @@ __device__ __forceinline__ uint32_t tile_offset(int r, int c) {
 // pointer allow it (ld even and the base aligned to two elements), else two scalar stores.
 // row0 / col0: the warp tile's first output row / column in the whole matrix.
 
-struct Int32Store {  // int8_gemm_tn
+struct Int32Store {  // int8_gemm_tn; with atomic_add the split-K partial sums (C zeroed first)
   int32_t* C;
   int64_t ldc;
+  bool atomic_add;  // C += acc (atomicAdd per element) instead of C = acc
 };
 
 struct DequantStore {  // int8_gemm_tn_dequant; see int8_gemm.h for the contract
@@ -198,7 +227,10 @@ __device__ __forceinline__ void store_tile(const Int32Store& p, const int32_t (&
         const int col = col0 + ni * 8 + 2 * t;  // even
         const int32_t v0 = acc[mi][ni][2 * h];
         const int32_t v1 = acc[mi][ni][2 * h + 1];
-        if (vec2 && col + 1 < N) {
+        if (p.atomic_add) {  // uniform over the grid; result unused (ptxas may emit RED)
+          if (col < N) atomicAdd(crow + col, v0);
+          if (col + 1 < N) atomicAdd(crow + col + 1, v1);
+        } else if (vec2 && col + 1 < N) {
           *reinterpret_cast<int2*>(crow + col) = make_int2(v0, v1);
         } else {
           if (col < N) crow[col] = v0;
@@ -311,12 +343,14 @@ __device__ __forceinline__ void store_tile(const DequantStore& p, const int32_t 
 }
 
 // ---- the kernel -----------------------------------------------------------------------------
-// grid.x walks M tiles (fastest, so CTAs in flight together share Bt tiles in L2), grid.y N tiles.
+// grid.x walks M tiles (fastest, so CTAs in flight together share Bt tiles in L2), grid.y N tiles,
+// grid.z K splits: CTA z sums k in [z * k_split, min(K, (z + 1) * k_split)). k_split is a multiple
+// of BK, or >= K when gridDim.z == 1; the launcher never launches an empty split.
 // Epi: Int32Store or DequantStore (the store_tile overload the epilogue calls).
 template <class Cfg, class Epi>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     int8_gemm_tn_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ Bt, int M, int N,
-                        int K, int64_t lda, int64_t ldb, const Epi epi) {
+                        int K, int64_t lda, int64_t ldb, int k_split, const Epi epi) {
   constexpr int BK = Cfg::BK, STAGES = Cfg::STAGES, CH = Cfg::kChunks;
   constexpr int MT = Cfg::kMTiles, NT = Cfg::kNTiles;
 
@@ -328,9 +362,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int warp = tid >> 5;
   const int m0 = blockIdx.x * Cfg::BM;
   const int n0 = blockIdx.y * Cfg::BN;
+  // This CTA's K range: from here on the split is a GEMM of its own, K = k_len bytes starting
+  // k_begin bytes into every row (k_begin a multiple of BK, k_len a multiple of 16, 0 < k_len
+  // unless K == 0).
+  const int k_begin = static_cast<int>(blockIdx.z) * k_split;
+  const int k_len = min(K - k_begin, k_split);
 
   // ---- copy assignment, fixed across K slices: copy j of this thread moves chunk `ld_chunk` of
-  // tile row (tid + j * kThreads) / CH. Rows outside M (N) and chunks at k >= K are zero-filled.
+  // tile row (tid + j * kThreads) / CH. Rows outside M (N) and chunks at k >= k_len are zero-filled.
   const int ld_chunk = tid % CH;
   const int8_t* a_src[Cfg::kLoadsA];
   uint32_t a_dst[Cfg::kLoadsA];
@@ -339,7 +378,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int j = 0; j < Cfg::kLoadsA; ++j) {
     const int r = (tid + j * Cfg::kThreads) / CH;
     a_ok[j] = m0 + r < M;
-    a_src[j] = a_ok[j] ? A + static_cast<int64_t>(m0 + r) * lda + ld_chunk * 16 : A;
+    a_src[j] = a_ok[j] ? A + static_cast<int64_t>(m0 + r) * lda + k_begin + ld_chunk * 16 : A;
     a_dst[j] = tile_offset<BK>(r, ld_chunk);
   }
   const int8_t* b_src[Cfg::kLoadsB];
@@ -349,14 +388,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int j = 0; j < Cfg::kLoadsB; ++j) {
     const int r = (tid + j * Cfg::kThreads) / CH;
     b_ok[j] = n0 + r < N;
-    b_src[j] = b_ok[j] ? Bt + static_cast<int64_t>(n0 + r) * ldb + ld_chunk * 16 : Bt;
+    b_src[j] = b_ok[j] ? Bt + static_cast<int64_t>(n0 + r) * ldb + k_begin + ld_chunk * 16 : Bt;
     b_dst[j] = Cfg::kStageBytesA + tile_offset<BK>(r, ld_chunk);
   }
 
-  // Issue the copies of K slice kt into pipeline stage `stage`.
+  // Issue the copies of K slice kt (of this CTA's K range) into pipeline stage `stage`.
   auto load_slice = [&](int stage, int kt) {
     const int k0 = kt * BK;
-    const bool k_ok = k0 + ld_chunk * 16 < K;  // K % 16 == 0: a chunk is all in or all out
+    const bool k_ok = k0 + ld_chunk * 16 < k_len;  // k_len % 16 == 0: a chunk is all in or out
     const uint32_t s = smem_base + stage * Cfg::kStageBytes;
 #pragma unroll
     for (int j = 0; j < Cfg::kLoadsA; ++j) {
@@ -399,7 +438,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   // thread; the barrier makes every thread's copies visible. The barrier also proves all warps
   // finished computing slice kt-1, whose stage (kt-1) % STAGES == (kt+STAGES-1) % STAGES is the
   // one refilled right after it.
-  const int num_kt = (K + BK - 1) / BK;
+  const int num_kt = (k_len + BK - 1) / BK;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < num_kt) load_slice(s, s);
@@ -443,12 +482,51 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   store_tile(epi, acc, m0 + wm0, n0 + wn0, lane, M, N);
 }
 
+// Split-K epilogue of int8_gemm_tn_dequant: out[m, n] = dequant(acc[m, n]) over the summed int32
+// accumulator acc [M, N] (row stride N), with dequant_tile's op order and rounding (the same
+// dequant() / OutTraits code): bit-identical to the unsplit path. One thread per element, grid
+// (ceil(N / kEpiThreads), M); M <= kSmallMaxM.
+constexpr int kEpiThreads = 256;
+
+template <int DT>
+__device__ __forceinline__ void dequant_store(const DequantStore& p, int32_t acc, int m, int n) {
+  using Tr = OutTraits<DT>;
+  const bool has_bias = p.bias != nullptr;
+  const float v = dequant(acc, __ldg(p.x_scale + m), __ldg(p.w_scale + n),
+                          has_bias ? __ldg(p.bias + n) : 0.f, has_bias);
+  static_cast<typename Tr::T*>(p.out)[static_cast<int64_t>(m) * p.ldo + n] = Tr::cvt(v);
+}
+
+__global__ void __launch_bounds__(kEpiThreads)
+    int8_dequant_kernel(const int32_t* __restrict__ acc, int N, const DequantStore p) {
+  const int m = blockIdx.y;
+  const int n = blockIdx.x * kEpiThreads + threadIdx.x;
+  if (n >= N) return;
+  const int32_t a = acc[static_cast<int64_t>(m) * N + n];
+  switch (p.out_dtype) {  // uniform over the grid
+    case static_cast<int>(Int8OutDtype::kBFloat16):
+      dequant_store<static_cast<int>(Int8OutDtype::kBFloat16)>(p, a, m, n);
+      break;
+    case static_cast<int>(Int8OutDtype::kFloat16):
+      dequant_store<static_cast<int>(Int8OutDtype::kFloat16)>(p, a, m, n);
+      break;
+    default:
+      dequant_store<static_cast<int>(Int8OutDtype::kFloat32)>(p, a, m, n);
+      break;
+  }
+}
+
+struct SplitK {
+  int splits;   // grid.z
+  int k_split;  // bytes of K per split: a multiple of BK, or K when splits == 1
+};
+
 template <class Cfg, class Epi>
 cudaError_t launch(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64_t lda,
-                   int64_t ldb, const Epi& epi, cudaStream_t stream) {
+                   int64_t ldb, const Epi& epi, SplitK split, cudaStream_t stream) {
   const unsigned grid_m = static_cast<unsigned>((M + Cfg::BM - 1) / Cfg::BM);
   const unsigned grid_n = static_cast<unsigned>((N + Cfg::BN - 1) / Cfg::BN);
-  if (grid_n > 65535u) return cudaErrorInvalidValue;
+  if (grid_n > 65535u || split.splits < 1 || split.splits > kMaxSplits) return cudaErrorInvalidValue;
   auto* kernel = &int8_gemm_tn_kernel<Cfg, Epi>;
   if (Cfg::kSmemBytes > 48 * 1024) {
     // Per device and cheap; set on every launch so a new device / context needs no bookkeeping.
@@ -456,16 +534,77 @@ cudaError_t launch(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     if (e != cudaSuccess) return e;
   }
-  kernel<<<dim3(grid_m, grid_n, 1), dim3(Cfg::kThreads, 1, 1), Cfg::kSmemBytes, stream>>>(
-      A, Bt, M, N, K, lda, ldb, epi);
+  kernel<<<dim3(grid_m, grid_n, static_cast<unsigned>(split.splits)), dim3(Cfg::kThreads, 1, 1),
+           Cfg::kSmemBytes, stream>>>(A, Bt, M, N, K, lda, ldb, split.k_split, epi);
   return cudaGetLastError();
 }
 
 template <class Epi>
 cudaError_t launch_for_m(const int8_t* A, const int8_t* Bt, int M, int N, int K, int64_t lda,
                          int64_t ldb, const Epi& epi, cudaStream_t stream) {
-  if (M <= kSmallMaxM) return launch<SmallConfig>(A, Bt, M, N, K, lda, ldb, epi, stream);
-  return launch<BigConfig>(A, Bt, M, N, K, lda, ldb, epi, stream);
+  const SplitK one{1, K};
+  if (M <= kSmallMaxM) return launch<SmallConfig>(A, Bt, M, N, K, lda, ldb, epi, one, stream);
+  return launch<BigConfig>(A, Bt, M, N, K, lda, ldb, epi, one, stream);
+}
+
+// The split-K choice, pure arithmetic (benchmarks/dev/int8_gemm_model.py replays it: splitk_plan).
+// wave: SmallConfig CTAs resident at once on the whole GPU (SMs x CTAs per SM). As many splits as
+// keep the grid within about two waves, at most num_kt / kMinSplitTiles and kMaxSplits; then the
+// BK-slices per split are rounded up and the split count recomputed, so no split is empty
+// ((splits - 1) * tiles < num_kt) and the last one takes the remainder (and K's 16-byte tail).
+SplitK splitk_plan(int M, int N, int K, int wave) {
+  const SplitK one{1, K};
+  if (M > kSmallMaxM) return one;
+  constexpr int BK = SmallConfig::BK;
+  const int num_kt = (K + BK - 1) / BK;
+  const int64_t ctas = static_cast<int64_t>((M + SmallConfig::BM - 1) / SmallConfig::BM) *
+                       ((N + SmallConfig::BN - 1) / SmallConfig::BN);
+  int64_t want = 2 * static_cast<int64_t>(wave) / ctas;
+  if (want > num_kt / kMinSplitTiles) want = num_kt / kMinSplitTiles;
+  if (want > kMaxSplits) want = kMaxSplits;
+  if (want < 2) return one;
+  const int tiles = static_cast<int>((num_kt + want - 1) / want);
+  const int splits = (num_kt + tiles - 1) / tiles;
+  return splits < 2 ? one : SplitK{splits, tiles * BK};
+}
+
+// The split-K dispatch for M <= kSmallMaxM. COMPRESS_INT8_SPLITK=0 (environment, read per call)
+// switches split-K off, for tests and benchmarks (any other value, or unset: on). The device's
+// wave (SMs x resident SmallConfig CTAs per SM) is queried once per device and cached.
+cudaError_t choose_splitk(int M, int N, int K, SplitK* split) {
+  *split = SplitK{1, K};
+  if (M > kSmallMaxM || (K + SmallConfig::BK - 1) / SmallConfig::BK < 2 * kMinSplitTiles)
+    return cudaSuccess;
+  const char* env = std::getenv("COMPRESS_INT8_SPLITK");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return cudaSuccess;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached_wave[kMaxDevices];  // static storage: zero (= unknown) at start
+  int wave = dev < kMaxDevices ? cached_wave[dev].load(std::memory_order_relaxed) : 0;
+  if (wave <= 0) {
+    int sms = 0, per_sm = 0;
+    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, int8_gemm_tn_kernel<SmallConfig, Int32Store>, SmallConfig::kThreads,
+          SmallConfig::kSmemBytes);
+    if (e != cudaSuccess) return e;
+    wave = sms * per_sm > 0 ? sms * per_sm : 1;
+    if (dev < kMaxDevices) cached_wave[dev].store(wave, std::memory_order_relaxed);
+  }
+  *split = splitk_plan(M, N, K, wave);
+  return cudaSuccess;
+}
+
+// Zero the [M, N] int32 matrix C (row stride ldc) on `stream`, before the split-K atomics.
+cudaError_t zero_int32(int32_t* C, int M, int N, int64_t ldc, cudaStream_t stream) {
+  if (M == 1 || ldc == N)
+    return cudaMemsetAsync(C, 0, static_cast<size_t>(M) * N * sizeof(int32_t), stream);
+  return cudaMemset2DAsync(C, static_cast<size_t>(ldc) * sizeof(int32_t), 0,
+                           static_cast<size_t>(N) * sizeof(int32_t), static_cast<size_t>(M),
+                           stream);
 }
 
 // The A / Bt / size preconditions both entry points share. cudaSuccess with *nothing = true:
@@ -499,13 +638,32 @@ cudaError_t int8_gemm_tn(const int8_t* A, const int8_t* Bt, int32_t* C, int M, i
   if (C == nullptr || (reinterpret_cast<uintptr_t>(C) & 3) != 0) return cudaErrorInvalidValue;
   if (M > 1 && ldc < N) return cudaErrorInvalidValue;  // rows of C would overlap
 
-  return launch_for_m(A, Bt, M, N, K, lda, ldb, Int32Store{C, ldc}, stream);
+  SplitK split;
+  cudaError_t es = choose_splitk(M, N, K, &split);
+  if (es != cudaSuccess) return es;
+  if (split.splits > 1) {  // C = 0, then every split adds its partial sums
+    es = zero_int32(C, M, N, ldc, stream);
+    if (es != cudaSuccess) return es;
+    return launch<SmallConfig>(A, Bt, M, N, K, lda, ldb, Int32Store{C, ldc, true}, split, stream);
+  }
+  return launch_for_m(A, Bt, M, N, K, lda, ldb, Int32Store{C, ldc, false}, stream);
+}
+
+size_t int8_gemm_tn_dequant_workspace_bytes(int M, int N, int K) {
+  if (M <= 0 || N <= 0 || K <= 0) return 0;
+  SplitK split;
+  if (choose_splitk(M, N, K, &split) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it: the launch will then simply not split
+    return 0;
+  }
+  return split.splits > 1 ? static_cast<size_t>(M) * N * sizeof(int32_t) : 0;
 }
 
 cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
                                  Int8OutDtype out_dtype, const float* x_scale,
                                  const float* w_scale, const float* bias, int M, int N, int K,
-                                 int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream) {
+                                 int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream,
+                                 void* workspace, size_t workspace_bytes) {
   bool nothing = false;
   const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
   if (e != cudaSuccess || nothing) return e;
@@ -525,6 +683,23 @@ cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
   if (M > 1 && ldo < N) return cudaErrorInvalidValue;  // rows of out would overlap
 
   const DequantStore epi{out, x_scale, w_scale, bias, ldo, static_cast<int>(out_dtype)};
+  SplitK split;
+  cudaError_t es = choose_splitk(M, N, K, &split);
+  if (es != cudaSuccess) return es;
+  if (split.splits > 1 && workspace != nullptr) {
+    const size_t need = static_cast<size_t>(M) * N * sizeof(int32_t);
+    if (workspace_bytes < need || (reinterpret_cast<uintptr_t>(workspace) & 3) != 0)
+      return cudaErrorInvalidValue;
+    int32_t* acc = static_cast<int32_t*>(workspace);
+    es = zero_int32(acc, M, N, N, stream);
+    if (es != cudaSuccess) return es;
+    es = launch<SmallConfig>(A, Bt, M, N, K, lda, ldb, Int32Store{acc, N, true}, split, stream);
+    if (es != cudaSuccess) return es;
+    const dim3 grid(static_cast<unsigned>((N + kEpiThreads - 1) / kEpiThreads),
+                    static_cast<unsigned>(M), 1);
+    int8_dequant_kernel<<<grid, dim3(kEpiThreads, 1, 1), 0, stream>>>(acc, N, epi);
+    return cudaGetLastError();
+  }
   return launch_for_m(A, Bt, M, N, K, lda, ldb, epi, stream);
 }
 

@@ -17,8 +17,14 @@
 //
 // Asynchronous on `stream`; returns the launch error (cudaGetLastError) so the caller can raise.
 // Execution errors surface at the next synchronizing call, as for any kernel.
+//
+// Split-K (M <= 32 on a grid too small to fill the GPU; int8_gemm.cu's header comment): C is then
+// zeroed (cudaMemsetAsync) and each K split adds its partial sums with int32 atomicAdd: the same
+// values bit for bit (integer addition is associative), deterministic. COMPRESS_INT8_SPLITK=0 in
+// the environment (read per call) switches it off. Not yet run on a GPU.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <driver_types.h>  // cudaError_t, cudaStream_t
@@ -50,9 +56,20 @@ enum class Int8OutDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 // the enum values. Pairs of adjacent outputs are stored as one 8-byte (float32) or 4-byte (16-bit)
 // vector where out and ldo allow it. K == 0 writes the epilogue of a zero accumulator.
 // Asynchronous on `stream`; returns the launch error, like int8_gemm_tn.
+//
+// Split-K (as int8_gemm_tn) needs an int32 [M, N] workspace: the partial sums are added there, then
+// a second kernel applies the epilogue above (same code, bit-identical results). Pass `workspace`
+// (4-byte aligned, stream-ordered like the other buffers) of workspace_bytes >=
+// int8_gemm_tn_dequant_workspace_bytes(M, N, K); with nullptr nothing is split. A non-null
+// workspace smaller than a split launch needs returns cudaErrorInvalidValue.
 cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
                                  Int8OutDtype out_dtype, const float* x_scale,
                                  const float* w_scale, const float* bias, int M, int N, int K,
-                                 int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream);
+                                 int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream,
+                                 void* workspace = nullptr, size_t workspace_bytes = 0);
+
+// Bytes of workspace int8_gemm_tn_dequant would use for these sizes on the current device: M * N * 4
+// when it splits K, else 0 (also when COMPRESS_INT8_SPLITK=0). Host only; queries the device once.
+size_t int8_gemm_tn_dequant_workspace_bytes(int M, int N, int K);
 
 }  // namespace compress
