@@ -5,6 +5,7 @@ import torch
 from backends import BACKENDS, INTERPRETED, NATIVE, device_for, native_op, op_for, run
 from compress import ops
 from helpers import FLOAT_TOL, ODD_SHAPES, assert_close_scaled, make_float, make_int8, poisoned_outputs
+from test_int8_mm import SM90_SHAPES, needs_sm90
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -222,3 +223,23 @@ def test_int8_linear_cuda_splitk(monkeypatch, M, N, K, out_dtype):
     what = f"{M}x{N}x{K} {out_dtype}"
     assert_close_scaled(outs["1"], ops.int8_linear_reference(*args), FLOAT_TOL[out_dtype], "split-K " + what)
     assert torch.equal(outs["1"], outs["0"]), f"split-K and unsplit differ: {what}"
+
+
+# ---- the Hopper kernel (csrc/int8/int8_gemm_sm90.cu), switched by COMPRESS_INT8_SM90 ----------
+# See tests/test_int8_mm.py (SM90_SHAPES, needs_sm90). Same epilogue code on both paths and an exact
+# int32 accumulator: the two outputs must be bit-identical, and both close to the reference.
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize("M,N,K", SM90_SHAPES)
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
+def test_int8_linear_cuda_sm90_switch(monkeypatch, M, N, K, out_dtype):
+    args = int8_linear_args(M, N, K, torch.device("cuda"), out_dtype, bias=(M + N) % 2 == 1,
+                            layout_x="contiguous" if K % 2 else "offset")
+    outs = {}
+    for sm90 in ("1", "0"):
+        monkeypatch.setenv("COMPRESS_INT8_SM90", sm90)
+        with poisoned_outputs():
+            outs[sm90] = run("int8_linear", "cuda", *args)
+        assert_close_scaled(outs[sm90], ops.int8_linear_reference(*args), FLOAT_TOL[out_dtype],
+                            f"COMPRESS_INT8_SM90={sm90} {M}x{N}x{K} {out_dtype}")
+    assert torch.equal(outs["1"], outs["0"]), f"sm90 and sm80 paths differ at {M}x{N}x{K} {out_dtype}"

@@ -237,3 +237,50 @@ def test_cuda_splitk_extremes():
     with poisoned_outputs():
         out = run("cuda", a, w.t())
     assert_exact(out, torch.full((3, 97), 128 * 128 * 4112, dtype=torch.int32, device="cuda"), "split-K extremes")
+
+
+# ---- the Hopper kernel (csrc/int8/int8_gemm_sm90.cu: wgmma + TMA) -----------------------------
+# The glue takes it for M > 64 on a compute capability 9.0 device of a build with "9.0a" in
+# TORCH_CUDA_ARCH_LIST, unless COMPRESS_INT8_SM90=0 (read on every call, so monkeypatch works).
+# Both settings must give the exact result; the shapes cut every tile edge (BM = BN = 128, BK = 128
+# bytes: M, N and K tails, one row / column past a tile, K not a multiple of 16 -> padded copies).
+SM90_SHAPES = [(65, 8, 16), (129, 136, 80), (257, 383, 1040), (200, 1, 2000), (130, 257, 5)]
+
+
+def sm90_available():
+    from compress import _build_config
+    return (HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
+            and "9.0a" in _build_config.BUILD["cuda_archs"])
+
+
+needs_sm90 = pytest.mark.skipif(not sm90_available(),
+                                reason="needs a compute capability 9.0 GPU and a build with 9.0a")
+
+
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize("sm90", ["1", "0"], ids=["sm90_on", "sm90_off"])
+@pytest.mark.parametrize("M,N,K", SM90_SHAPES)
+@pytest.mark.parametrize("layout_a,layout_b", [("contiguous", "transposed"), ("offset", "strided")])
+def test_cuda_sm90_switch(monkeypatch, sm90, M, N, K, layout_a, layout_b):
+    monkeypatch.setenv("COMPRESS_INT8_SM90", sm90)
+    dev = torch.device("cuda")
+    a = make_int8(M, K, dev, layout_a)
+    b = make_int8(K, N, dev, layout_b)
+    with poisoned_outputs():
+        out = run("cuda", a, b)
+    assert_exact(out, ops.int8_mm_reference(a, b), f"COMPRESS_INT8_SM90={sm90} {M}x{N}x{K} {layout_a}/{layout_b}")
+
+
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize("va,vb", [(-128, -128), (-128, 127)])
+def test_cuda_sm90_extremes(monkeypatch, va, vb):
+    # 4096 * 128 * 128 = 2^26: every k32 step and pipeline stage must be summed exactly.
+    monkeypatch.setenv("COMPRESS_INT8_SM90", "1")
+    M, N, K = 129, 130, 4096
+    a = torch.full((M, K), va, dtype=torch.int8, device="cuda")
+    b = torch.full((K, N), vb, dtype=torch.int8, device="cuda")
+    with poisoned_outputs():
+        out = run("cuda", a, b)
+    assert_exact(out, ops.int8_mm_reference(a, b), f"extremes {va} x {vb}")

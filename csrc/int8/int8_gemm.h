@@ -72,4 +72,25 @@ cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
 // when it splits K, else 0 (also when COMPRESS_INT8_SPLITK=0). Host only; queries the device once.
 size_t int8_gemm_tn_dequant_workspace_bytes(int M, int N, int K);
 
+// ---- Hopper path (int8_gemm_sm90.cu): wgmma.mma_async + TMA, sm_90a only ---------------------
+// NOT YET RUN ON A GPU (checked offline only; see int8_gemm_sm90.cu).
+//
+// Whether the two entry points below can run on CUDA device `device`: compute capability 9.0,
+// a driver exposing cuTensorMapEncodeTiled, and a kernel image built for sm_90a (TORCH_CUDA_ARCH_LIST
+// with "9.0a"; "9.0" or PTX from compute_80 holds a __trap() stub). Cached per device.
+bool int8_gemm_sm90_supported(int device);
+
+// int8_gemm_tn / int8_gemm_tn_dequant on the current device with the sm_90a kernel: the same
+// math, results bit-identical to them, same preconditions plus lda > 0 and ldb > 0 (TMA row
+// strides; the glue passes K for a single row). Returns cudaErrorNotSupported, launching nothing,
+// where int8_gemm_sm90_supported(current device) is false. K == 0 is handed to int8_gemm_tn /
+// int8_gemm_tn_dequant (a TMA tensor cannot be empty).
+cudaError_t int8_gemm_tn_sm90(const int8_t* A, const int8_t* Bt, int32_t* C, int M, int N, int K,
+                              int64_t lda, int64_t ldb, int64_t ldc, cudaStream_t stream);
+cudaError_t int8_gemm_tn_dequant_sm90(const int8_t* A, const int8_t* Bt, void* out,
+                                      Int8OutDtype out_dtype, const float* x_scale,
+                                      const float* w_scale, const float* bias, int M, int N,
+                                      int K, int64_t lda, int64_t ldb, int64_t ldo,
+                                      cudaStream_t stream);
+
 }  // namespace compress

@@ -152,18 +152,29 @@ at::Tensor int8_linear_cuda(const at::Tensor& qx, const at::Tensor& x_scale, con
 
   at::Tensor out = at::empty({M, N}, out_opts);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(qx.device().index()).stream();
-  // Split-K (small M; COMPRESS_INT8_SPLITK=0 turns it off) sums into an int32 workspace first.
-  const size_t splitk_bytes = int8_gemm_tn_dequant_workspace_bytes(
-      static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp));
-  at::Tensor splitk_ws;
-  if (splitk_bytes > 0)
-    splitk_ws = at::empty({static_cast<int64_t>(splitk_bytes)}, qx.options().dtype(at::kByte));
-  const cudaError_t err = int8_gemm_tn_dequant(
-      a_op.const_data_ptr<int8_t>(), bt_op.const_data_ptr<int8_t>(), out.mutable_data_ptr(),
-      out_dtype_enum(out_dtype), xs.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-      has_bias ? bf.const_data_ptr<float>() : nullptr, static_cast<int>(M), static_cast<int>(N),
-      static_cast<int>(Kp), lda, ldb, /*ldo=*/N, stream,
-      splitk_bytes > 0 ? splitk_ws.mutable_data_ptr() : nullptr, splitk_bytes);
+  const int8_t* A = a_op.const_data_ptr<int8_t>();
+  const int8_t* Bt = bt_op.const_data_ptr<int8_t>();
+  const float* bias_f = has_bias ? bf.const_data_ptr<float>() : nullptr;
+  cudaError_t err;
+  // Kernel choice (Hopper wgmma + TMA or mma.sync; COMPRESS_INT8_SM90=0 forces mma.sync):
+  // int8_operands.h use_int8_gemm_sm90.
+  if (use_int8_gemm_sm90(a_op, lda, bt_op, ldb, M, Kp)) {
+    err = int8_gemm_tn_dequant_sm90(A, Bt, out.mutable_data_ptr(), out_dtype_enum(out_dtype),
+                                    xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bias_f,
+                                    static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp), lda, ldb,
+                                    /*ldo=*/N, stream);
+  } else {
+    // Split-K (small M; COMPRESS_INT8_SPLITK=0 turns it off) sums into an int32 workspace first.
+    const size_t splitk_bytes = int8_gemm_tn_dequant_workspace_bytes(
+        static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp));
+    at::Tensor splitk_ws;
+    if (splitk_bytes > 0)
+      splitk_ws = at::empty({static_cast<int64_t>(splitk_bytes)}, qx.options().dtype(at::kByte));
+    err = int8_gemm_tn_dequant(A, Bt, out.mutable_data_ptr(), out_dtype_enum(out_dtype), xs.const_data_ptr<float>(),
+                               ws.const_data_ptr<float>(), bias_f, static_cast<int>(M), static_cast<int>(N),
+                               static_cast<int>(Kp), lda, ldb, /*ldo=*/N, stream,
+                               splitk_bytes > 0 ? splitk_ws.mutable_data_ptr() : nullptr, splitk_bytes);
+  }
   CHECK_LAUNCH(op, err, "M=", M, ", N=", N, ", K=", K);
   return out;
 }

@@ -70,7 +70,11 @@ at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b) {
   }
 
   at::Tensor c = at::empty({M, N}, out_opts);
-  const cudaError_t err = int8_gemm_tn(
+  // Kernel choice (Hopper wgmma + TMA or mma.sync; COMPRESS_INT8_SM90=0 forces mma.sync):
+  // int8_operands.h use_int8_gemm_sm90.
+  const auto gemm = use_int8_gemm_sm90(a_op, lda, bt_op, ldb, M, Kp) ? &int8_gemm_tn_sm90
+                                                                      : &int8_gemm_tn;
+  const cudaError_t err = gemm(
       a_op.const_data_ptr<int8_t>(), bt_op.const_data_ptr<int8_t>(), c.mutable_data_ptr<int32_t>(),
       static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp), lda, ldb, /*ldc=*/N, stream);
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err),

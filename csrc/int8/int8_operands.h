@@ -10,8 +10,11 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.h"
+#include "int8/int8_gemm.h"
 
 namespace compress {
 namespace int8_operands {
@@ -55,6 +58,29 @@ inline void check_tensor_cores(const char* op, const at::Device& device) {
                  "the int8 tensor-core kernel needs compute capability 8.0+ (sm_80+: A100, H100, "
                  "...); ",
                  device, " is sm_", major, minor);
+}
+
+// Whether int8_mm / int8_linear take the Hopper kernel (int8_gemm_sm90.cu: wgmma + TMA, NOT YET
+// RUN ON A GPU) instead of the mma.sync one, for kernel-ready operands a_op [M, Kp] (row stride
+// lda) and bt_op [N, Kp] (ldb) on the current device. All of:
+//   - COMPRESS_INT8_SM90 is not "0" (read on every call: the run-time off switch, e.g. to compare
+//     the two paths or to step around a fault in the new one);
+//   - M > 64: below that the sm90 tile (BM = 128, two m64 warpgroups) is mostly padding, while
+//     int8_gemm.cu's small config (BM = 16, finer N split) keeps more CTAs busy;
+//   - TMA's requirements: 16-byte aligned base pointers, row strides a positive multiple of 16
+//     bytes, Kp % 16 == 0 (true of every kernel-ready operand; checked again here so a future
+//     change there falls back instead of failing);
+//   - the device is compute capability 9.0 and the build holds the sm_90a kernel
+//     (int8_gemm_sm90_supported).
+inline bool use_int8_gemm_sm90(const at::Tensor& a_op, int64_t lda, const at::Tensor& bt_op,
+                               int64_t ldb, int64_t M, int64_t Kp) {
+  const char* env = std::getenv("COMPRESS_INT8_SM90");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (M <= 64) return false;
+  if (Kp % kAlign != 0 || lda <= 0 || ldb <= 0 || lda % kAlign != 0 || ldb % kAlign != 0 ||
+      !aligned16(a_op) || !aligned16(bt_op))
+    return false;
+  return int8_gemm_sm90_supported(a_op.device().index());
 }
 
 }  // namespace int8_operands
