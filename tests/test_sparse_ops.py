@@ -52,6 +52,30 @@ def test_sparse24(backend, M, N, K, dtype):
           dtype, f"2:4 {backend} {M}x{N}x{K}")
 
 
+SM90_SHAPES = [(129, 130, 192), (257, 77, 100), (131, 264, 1092), (5, 33, 64)]  # (M, N, K)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sm90", ["1", "0"], ids=["sm90-on", "sm90-off"])
+@pytest.mark.parametrize("M,N,K", SM90_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_sparse24_sm90(monkeypatch, sm90, M, N, K, dtype, with_bias):
+    """The Hopper wgmma.sp + TMA kernel (csrc/sparse/sparse24_sm90.cu, never run before its first
+    GPU run) forced on (COMPRESS_SPARSE24_SM90=1: any M; odd M above the 128-row threshold, N and K
+    tails: K % 64 != 0 is padded by the glue, N, M not multiples of the 128-row tiles) and off
+    (=0: the sm_80 mma.sp kernel on the same inputs), against the reference with poisoned outputs."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm_90a kernel runs on compute capability 9.0 only")
+    monkeypatch.setenv("COMPRESS_SPARSE24_SM90", sm90)
+    dev = torch.device("cuda")
+    x = make_float(M, K, dev, dtype)
+    p = formats.pack_2_4(weight(N, K, "2:4", dtype, dev))
+    b = bias_for(N, dev, with_bias)
+    check("cuda", "sparse24_linear", (x, p.values, p.meta, b), ops.sparse24_linear_reference(x, p.values, p.meta, b),
+          dtype, f"2:4 cuda sm90={sm90} {M}x{N}x{K}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("M,N,K", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

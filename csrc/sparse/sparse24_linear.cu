@@ -147,24 +147,6 @@ __device__ __forceinline__ uint32_t x_offset(int r, int c) {
   return static_cast<uint32_t>(r * (2 * BK) + ((c ^ (r & 7)) << 4));
 }
 
-// 4 portable meta bytes (low nibbles: groups j = 0..3) -> 16 bits, group j at bits 4j .. 4j+3.
-__device__ __forceinline__ uint32_t pack_nibbles(uint32_t w) {
-  w &= 0x0F0F0F0Fu;
-  w = (w | (w >> 4)) & 0x00FF00FFu;
-  return (w | (w >> 8)) & 0x0000FFFFu;
-}
-
-// The mma.sp metadata register of this lane from the portable bytes of rows g (lo) and g+8 (hi),
-// every nibble forced to an increasing pair (see the header comment).
-__device__ __forceinline__ uint32_t meta_fragment(uint32_t lo, uint32_t hi) {
-  uint32_t e = pack_nibbles(lo) | (pack_nibbles(hi) << 16);
-  const uint32_t i0 = e & 0x33333333u;          // first index, bits 0-1 of each nibble
-  const uint32_t i1 = (e >> 2) & 0x33333333u;   // second index
-  const uint32_t s = i1 + (i0 ^ 0x33333333u);   // i1 + 3 - i0 in [0, 6]: bit 2 set iff i1 > i0
-  const uint32_t bad = ~s & 0x44444444u;        // bit 2 of each nibble with i1 <= i0
-  return (e & ~((bad >> 2) * 0xFu)) | bad;      // those nibbles -> 0b0100
-}
-
 template <int DT>
 __device__ __forceinline__ void mma_sp_16832(float (&c)[4], const uint32_t (&a)[4],
                                              const uint32_t (&b)[4], uint32_t e) {

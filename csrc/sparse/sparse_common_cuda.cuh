@@ -89,6 +89,28 @@ __device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
   return v;
 }
 
+// ---- 2:4 metadata: portable meta bytes -> the mma.sp / wgmma.sp metadata register ---------------
+// Shared by sparse24_linear.cu (mma.sp m16n8k32) and sparse24_sm90.cu (wgmma.sp m64nNk32, whose
+// per-warp metadata register is the same); the layout is described in sparse24_linear.cu.
+
+// 4 portable meta bytes (low nibbles: groups j = 0..3) -> 16 bits, group j at bits 4j .. 4j+3.
+__device__ __forceinline__ uint32_t pack_nibbles(uint32_t w) {
+  w &= 0x0F0F0F0Fu;
+  w = (w | (w >> 4)) & 0x00FF00FFu;
+  return (w | (w >> 8)) & 0x0000FFFFu;
+}
+
+// The mma.sp metadata register of this lane from the portable bytes of rows g (lo) and g+8 (hi),
+// every nibble forced to an increasing pair (see the header comment).
+__device__ __forceinline__ uint32_t meta_fragment(uint32_t lo, uint32_t hi) {
+  uint32_t e = pack_nibbles(lo) | (pack_nibbles(hi) << 16);
+  const uint32_t i0 = e & 0x33333333u;          // first index, bits 0-1 of each nibble
+  const uint32_t i1 = (e >> 2) & 0x33333333u;   // second index
+  const uint32_t s = i1 + (i0 ^ 0x33333333u);   // i1 + 3 - i0 in [0, 6]: bit 2 set iff i1 > i0
+  const uint32_t bad = ~s & 0x44444444u;        // bit 2 of each nibble with i1 <= i0
+  return (e & ~((bad >> 2) * 0xFu)) | bad;      // those nibbles -> 0b0100
+}
+
 // ---- warp reduce-scatter --------------------------------------------------------------------------
 // v[0..MV) per lane (MV a power of two <= 16) -> the sum over the warp of v[idx], in v[0] of this
 // lane, idx returned. Halving exchange over lane bits 4, 3, ...: at the step with h = MV/2, MV/4,

@@ -19,8 +19,9 @@
 // does with such a group).
 //
 // Paths: bfloat16 / float16 on sm_80+ use the tensor-core kernels (2:4: mma.sp; BSR with bn, bk
-// in {16, 32, 64}: mma.sync); float32 x, other block shapes and older devices use the simple
-// float32-FMA kernels. c10/cuda only (see int8_mm_cuda.cpp: ATen/cuda/CUDAContext.h pulls headers a
+// in {16, 32, 64}: mma.sync); 2:4 with M >= 128 on a cc 9.0 device uses wgmma.sp + TMA
+// (sparse24_sm90.cu; COMPRESS_SPARSE24_SM90=0 switches it off, =1 forces it for every M: see
+// want_sm90); float32 x, other block shapes and older devices use the simple float32-FMA kernels. c10/cuda only (see int8_mm_cuda.cpp: ATen/cuda/CUDAContext.h pulls headers a
 // toolkit without cuBLAS / cuSPARSE lacks).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -33,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <string>
@@ -160,6 +162,39 @@ bool has_tensor_cores(const at::Device& device) {
   return major >= 8;
 }
 
+bool is_sm90(const at::Device& device) {
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device.index()));
+  return major == 9 && minor == 0;  // sm_90a code runs on 9.0 only (not on later majors)
+}
+
+// The Hopper 2:4 kernel (sparse24_sm90.cu: wgmma.sp + TMA) takes M >= kSparse24Sm90MinM on a
+// compute capability 9.0 device. Why 128 -- an argument, not a measurement (the kernel has not
+// run on a GPU; the first H100 benchmark should move this constant): its tile is 128 rows of x,
+// so below 128 rows it pads the tensor work as much as the sm_80 Big config (also 128 rows wide)
+// and both are bound by the one read of the weight (1.25 bytes per weight element: 16-bit values
+// for half the inputs + 2 meta bits per input; N = K = 4096: 21 MB, ~7 us at 3 TB/s, against
+// ~1 us of sparse tensor work at M = 64), so there is nothing to win there. From one full tile
+// on, nothing is padded and the math grows with M until it dominates (M of a few hundred at
+// N = K = 4096), where wgmma.sp -- asynchronous, operands straight from TMA-filled shared memory,
+// no ldmatrix / register staging -- has the higher ceiling than the legacy mma.sp on Hopper's
+// tensor cores. M <= 32 keeps the sm_80 Small config (split-K warps, 16-row tiles), 33..127
+// its Big config.
+constexpr int64_t kSparse24Sm90MinM = 128;
+
+// COMPRESS_SPARSE24_SM90 (read on every call): "0" never uses the Hopper kernel, "1" uses it for
+// every M (tests force the path with it), unset or anything else: M >= kSparse24Sm90MinM. In all
+// cases only on a cc 9.0 device, and only when TMA can describe the operands (else the sm_80
+// kernel runs).
+bool want_sm90(const at::Device& device, int64_t M) {
+  const char* env = std::getenv("COMPRESS_SPARSE24_SM90");
+  const std::string mode = env != nullptr ? env : "";
+  if (mode == "0") return false;
+  if (mode != "1" && M < kSparse24Sm90MinM) return false;
+  return is_sm90(device);
+}
+
 #define CHECK_LAUNCH(op, err, ...)                                                              \
   TORCH_CHECK((err) == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err), \
               " (", __VA_ARGS__, ")")
@@ -222,9 +257,19 @@ at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, c
       m_op = padded_copy(meta, Kp / 4);
       ldm = Kp / 4;
     }
-    err = sparse24_linear_mma(x_op.const_data_ptr(), ldx, v_op.const_data_ptr(), ldv,
-                              m_op.const_data_ptr<uint8_t>(), ldm, bp, out.mutable_data_ptr(), N, dt,
-                              static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp), stream);
+    // The Hopper kernel reads the same operands (its TMA needs exactly these 16-byte alignments);
+    // cudaErrorNotSupported = it could not describe them and launched nothing: sm_80 kernel.
+    err = cudaErrorNotSupported;
+    if (want_sm90(x.device(), M))
+      err = sparse24_linear_sm90(x_op.const_data_ptr(), ldx, v_op.const_data_ptr(), ldv,
+                                 m_op.const_data_ptr<uint8_t>(), ldm, bp, out.mutable_data_ptr(), N,
+                                 dt, static_cast<int>(M), static_cast<int>(N),
+                                 static_cast<int>(Kp), stream);
+    if (err == cudaErrorNotSupported)
+      err = sparse24_linear_mma(x_op.const_data_ptr(), ldx, v_op.const_data_ptr(), ldv,
+                                m_op.const_data_ptr<uint8_t>(), ldm, bp, out.mutable_data_ptr(), N,
+                                dt, static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kp),
+                                stream);
   } else {
     at::Tensor x_op, v_op, m_op;
     const int64_t ldx = scalar_row_stride(x, x_op);

@@ -46,6 +46,18 @@ cudaError_t sparse24_linear_mma(const void* x, int64_t ldx, const void* values, 
                                 int64_t ldo, SparseDtype dtype, int M, int N, int K,
                                 cudaStream_t stream);
 
+// sparse24_linear_sm90: the same operation with wgmma.mma_async.sp + TMA (sparse24_sm90.cu), for
+// large M on compute capability 9.0 only (the caller checks the device: the kernel traps on any
+// other). Same preconditions as sparse24_linear_mma, plus M >= 1, K >= 1 and TMA's: x, values,
+// meta 16-byte aligned with row strides in bytes multiples of 16 and below 2^40 (which the
+// sparse24_linear_mma preconditions imply, bar the bound). Returns cudaErrorNotSupported WITHOUT
+// launching when TMA cannot describe the operands or the driver lacks cuTensorMapEncodeTiled:
+// the caller then runs sparse24_linear_mma. Not yet run on a GPU (see sparse24_sm90.cu).
+cudaError_t sparse24_linear_sm90(const void* x, int64_t ldx, const void* values, int64_t ldv,
+                                 const uint8_t* meta, int64_t ldm, const float* bias, void* out,
+                                 int64_t ldo, SparseDtype dtype, int M, int N, int K,
+                                 cudaStream_t stream);
+
 // sparse24_linear_simple: any dtype, any device the build runs on; decodes the weight and uses
 // float32 FMA (correctness over speed; the float32 path). Preconditions: K % 4 == 0; pointers
 // aligned to their element size; ldx, ldv, ldm >= 0. Meta positions are used as given, as the
