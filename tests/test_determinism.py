@@ -10,7 +10,8 @@ from backends import INTERPRETED, device_for
 from compress import ops
 
 # Sizes that make the CPU kernels use every thread: (M, N, K); x's shape; (T, B, H, P).
-BIG = {"int8_mm": (256, 384, 512), "int8_linear": (256, 384, 512), "w8a16_linear": (64, 384, 512),
+BIG = {"int8_mm": (256, 384, 512), "int8_linear": (256, 384, 512), "w8a8_linear": (256, 384, 512),
+       "w8a16_linear": (64, 384, 512),
        "sparse24_linear": (64, 384, 512), "bsr_linear": (64, 384, 512), "csr_linear": (64, 384, 512),
        "quantize_per_token": (512, 1024)}
 RNN_BIG = (3, 8, 256, 256)
@@ -66,7 +67,7 @@ def test_cpu_thread_count_does_not_change_bits(op):
         assert_bitwise(one, two, f"{op} seed {seed}, 1 vs 2 threads")
 
 
-EXACT_ON_EVERY_ISA = ("int8_mm", "quantize_per_token", "int8_linear")  # integer sums; the same float32 epilogue
+EXACT_ON_EVERY_ISA = ("int8_mm", "quantize_per_token", "int8_linear", "w8a8_linear")  # integer sums; the same float32 epilogue
 
 
 @pytest.mark.parametrize("op", ops.OPS)

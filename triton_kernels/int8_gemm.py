@@ -4,6 +4,7 @@ One kernel, two epilogues: int8_mm stores the int32 sums; int8_linear (B = qw^T,
 weight [N, K] read through its strides) dequantizes in registers,
 out = float32(acc) * x_scale[m] * w_scale[n] + bias[n], and stores out_dtype.
 Any strides (the kernel indexes through them), masked M/N/K edges, grouped tile order for L2 reuse.
+w8a8_linear is the same GEMM with its A operand made on the fly from float x (its own kernel below).
 Autotuned on the GPU over the configs below, keyed on (M rounded up to a power of two, N, K); under
 TRITON_INTERPRET=1 (CI, no GPU) one small fixed config runs, since the autotuner needs a GPU to time.
 """
@@ -13,6 +14,7 @@ import triton.language as tl
 
 from compress.ops._backend import triton_interpreted
 from compress.triton_kernels._launch import linear_out, on_device
+from compress.triton_kernels.quantize import _absmax_step, _quantize, _row_scale
 
 
 def _configs():
@@ -124,3 +126,89 @@ def int8_linear(qx, x_scale, qw, w_scale, bias, out_dtype) -> torch.Tensor:
     if done:
         return out
     return _launch(qx, qw.t(), out, x_scale.contiguous(), w_scale.contiguous(), bias)
+
+
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"])
+@triton.jit
+def _w8a8_linear_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, M_BUCKET,
+                        stride_xm, stride_xk, stride_wn, stride_wk, stride_om,
+                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """quantize_per_token(x) then int8_linear in one program per output tile: the program first
+    finds its BLOCK_M rows' scales (a pass over x[rows, :K]), then runs _int8_gemm_kernel's loop
+    with each x tile quantized in registers (the quantize kernel's helpers: the same float32 ops,
+    so q and the scales are bit-identical to the two-op path), and _int8_gemm_kernel's epilogue.
+    Every program of a row block redoes its scales and quantization: cheap next to streaming the
+    weight at small M, the case this is for; at large M it costs CUDA-core work per tile."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_m
+    pid_n = (pid % pids_per_group) // group_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_base = x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :].to(tl.int64) * stride_xk
+    w_ptrs = w_ptr + rk[:, None].to(tl.int64) * stride_wk + rn[None, :].to(tl.int64) * stride_wn  # qw^T tile
+    m_ok = rm[:, None] < M
+    n_ok = rn[None, :] < N
+
+    # Pass 1: the rows' scales (masked elements load as 0: no effect on absmax).
+    amax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    nan = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int32)
+    x_ptrs = x_base
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        x = tl.load(x_ptrs, mask=m_ok & (rk[None, :] < K - k * BLOCK_K), other=0.0).to(tl.float32)
+        amax, nan = _absmax_step(amax, nan, x)
+        x_ptrs += BLOCK_K * stride_xk
+    scale = _row_scale(amax, nan, 1)  # [BLOCK_M]
+
+    # Pass 2: the int8 GEMM on x tiles quantized in registers (masked elements quantize to 0).
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    x_ptrs = x_base
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        x = tl.load(x_ptrs, mask=m_ok & (rk[None, :] < k_left), other=0.0).to(tl.float32)
+        a = _quantize(x, scale[:, None]).to(tl.int8)
+        b = tl.load(w_ptrs, mask=(rk[:, None] < k_left) & n_ok, other=0)
+        acc += tl.dot(a, b, out_dtype=tl.int32)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # int8_linear's epilogue, in its order.
+    ws = tl.load(w_scale_ptr + rn, mask=rn < N, other=0.0)
+    out = acc.to(tl.float32) * scale[:, None] * ws[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    o_ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok & n_ok)
+
+
+def w8a8_linear(x, qw, w_scale, bias) -> torch.Tensor:
+    """x float [M, K] (any strides), qw int8 [N, K], w_scale float32 [N], bias [N] or None
+    -> [M, N] in x.dtype, contiguous. Checked by the caller (compress.ops)."""
+    M, K = x.shape
+    N = qw.shape[0]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out
+    # K == 0 runs too: zero scale passes give scale 1.0 and the epilogue of a zero accumulator
+    # (0 * w_scale + bias), as the two-op reference computes it.
+    w_scale = w_scale.contiguous()
+    bias = None if bias is None else bias.float().contiguous()
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    args = (x, qw, w_scale, bias if bias is not None else w_scale, out, M, N, K, triton.next_power_of_2(M),
+            x.stride(0), x.stride(1), qw.stride(0), qw.stride(1), out.stride(0))
+    if triton_interpreted():
+        _w8a8_linear_kernel.fn[grid](*args, HAS_BIAS=bias is not None, **_INTERPRET_META)
+    else:
+        with on_device(x):
+            _w8a8_linear_kernel[grid](*args, HAS_BIAS=bias is not None)
+    return out

@@ -16,6 +16,29 @@ _RINT_MAGIC = 12582912.0
 
 
 @triton.jit
+def _absmax_step(amax, nan, x):
+    """Pass 1 of the per-row quantization, one tile: the running per-lane max |x| and NaN flag."""
+    return tl.maximum(amax, tl.abs(x)), tl.maximum(nan, (x != x).to(tl.int32))
+
+
+@triton.jit
+def _row_scale(amax, nan, AXIS: tl.constexpr):
+    """The rows' scales from per-lane |x| maxima `amax` and NaN flags `nan` (int32, 1 where a lane
+    saw a NaN), reduced over AXIS: absmax / 127 (IEEE division), 1.0 for a zero or NaN absmax."""
+    absmax = tl.max(amax, axis=AXIS)
+    return tl.where((absmax > 0) & (tl.max(nan, axis=AXIS) == 0), tl.div_rn(absmax, 127.0), 1.0)
+
+
+@triton.jit
+def _quantize(x, scale):
+    """clamp(round_half_to_even(x / scale), -127, 127) as float32 (IEEE division; NaN -> 0)."""
+    v = tl.div_rn(x, scale)
+    v = (v + _RINT_MAGIC) - _RINT_MAGIC
+    v = tl.where(v != v, 0.0, v)  # NaN -> 0, as the reference
+    return tl.minimum(tl.maximum(v, -127.0), 127.0)
+
+
+@triton.jit
 def _quantize_per_token_kernel(x_ptr, q_ptr, scale_ptr, K, stride_xr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
@@ -26,19 +49,13 @@ def _quantize_per_token_kernel(x_ptr, q_ptr, scale_ptr, K, stride_xr, BLOCK_K: t
     nan = tl.zeros((BLOCK_K,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-        nan = tl.maximum(nan, (x != x).to(tl.int32))
-    absmax = tl.max(amax, axis=0)
-    scale = tl.where((absmax > 0) & (tl.max(nan, axis=0) == 0), tl.div_rn(absmax, 127.0), 1.0)
+        amax, nan = _absmax_step(amax, nan, x)
+    scale = _row_scale(amax, nan, 0)
     tl.store(scale_ptr + row, scale)
     # Pass 2: quantize (the row is back from L1/L2).
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-        v = tl.div_rn(x, scale)
-        v = (v + _RINT_MAGIC) - _RINT_MAGIC
-        v = tl.where(v != v, 0.0, v)  # NaN -> 0, as the reference
-        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-        tl.store(q_row + k0 + offs, v.to(tl.int8), mask=k0 + offs < K)
+        tl.store(q_row + k0 + offs, _quantize(x, scale).to(tl.int8), mask=k0 + offs < K)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@ trainable fake-quantized stand-in for quantization-aware fine-tuning.
 
 Modes:
   "w8a8"   activations quantized per row at run time (or with a static calibrated scale), int8 GEMM
-           with the dequant and bias fused (ops.quantize_per_token + ops.int8_linear)
+           with the dequant and bias fused (ops.w8a8_linear; with a static scale ops.int8_linear)
   "w8a16"  weight-only: activations stay float (ops.w8a16_linear); for small batches
 """
 from __future__ import annotations
@@ -99,15 +99,15 @@ class Int8Linear(nn.Module):
             out = ops.w8a16_linear(x2, self.weight, self.weight_scale, self.bias)
             return out.reshape(*lead, self.out_features).to(x.dtype)
         xs = x2 / self.smooth.to(x2.dtype) if self._has_smooth else x2
+        if xs.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            xs = xs.float()
         if self._has_static:
             s = self.input_scale
             q = torch.clamp(torch.round(xs.float() / s), -127, 127).to(torch.int8)
             scale = s.expand(q.shape[0]).contiguous()
-        else:
-            q, scale = ops.quantize_per_token(xs if xs.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                                              else xs.float())
-        out_dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
-        out = ops.int8_linear(q, scale, self.weight, self.weight_scale, self.bias, out_dtype)
+            out = ops.int8_linear(q, scale, self.weight, self.weight_scale, self.bias, xs.dtype)
+        else:  # dynamic per-row: quantization, GEMM and dequant in one op (fused where it pays)
+            out = ops.w8a8_linear(xs, self.weight, self.weight_scale, self.bias)
         return out.reshape(*lead, self.out_features).to(x.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs):

@@ -16,7 +16,7 @@ except ImportError as e:  # keep the reference (and Triton) backends usable with
 
 from compress.ops.int8 import (  # noqa: E402
     int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
-    quantize_per_token_reference, w8a8_linear, w8a16_linear, w8a16_linear_reference)
+    quantize_per_token_reference, w8a8_linear, w8a8_linear_reference, w8a16_linear, w8a16_linear_reference)
 from compress.ops.sparse import (  # noqa: E402
     bsr_linear, bsr_linear_reference, csr_linear, csr_linear_reference, sparse24_linear,
     sparse24_linear_reference)
@@ -44,14 +44,15 @@ def resolve(op: str, device):
     return name, reason
 
 
-OPS = ("int8_mm", "quantize_per_token", "int8_linear", "w8a16_linear", "sparse24_linear", "bsr_linear",
-       "csr_linear", "lstm_layer", "gru_layer", "lstm_layer_w8", "gru_layer_w8", "lstm_layer_bsr", "gru_layer_bsr")
+OPS = ("int8_mm", "quantize_per_token", "int8_linear", "w8a8_linear", "w8a16_linear", "sparse24_linear",
+       "bsr_linear", "csr_linear", "lstm_layer", "gru_layer", "lstm_layer_w8", "gru_layer_w8", "lstm_layer_bsr", "gru_layer_bsr")
 
 __all__ = ["BACKENDS", "Choice", "OPS", "backend", "bsr_linear", "bsr_linear_reference", "csr_linear",
            "csr_linear_reference", "current_backend", "implemented", "int8_linear", "sparse24_linear",
            "sparse24_linear_reference",
            "int8_linear_reference", "int8_mm", "int8_mm_reference", "last_choice", "quantize_per_token",
-           "quantize_per_token_reference", "resolve", "w8a8_linear", "w8a16_linear", "w8a16_linear_reference",
+           "quantize_per_token_reference", "resolve", "w8a8_linear", "w8a8_linear_reference", "w8a16_linear",
+           "w8a16_linear_reference",
            "why_unavailable", "lstm_layer", "lstm_layer_reference", "gru_layer", "gru_layer_reference", "lstm_layer_w8",
            "lstm_layer_w8_reference", "gru_layer_w8", "gru_layer_w8_reference", "lstm_layer_bsr",
            "lstm_layer_bsr_reference", "gru_layer_bsr", "gru_layer_bsr_reference"]

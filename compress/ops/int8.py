@@ -225,6 +225,51 @@ torch.library.register_fake("compress::w8a16_linear", _w8a16_linear_fake, lib=li
 
 
 # ---------------------------------------------------------------------------------------------
+# w8a8_linear(x, qw, w_scale, bias) -> out [M, N] in x.dtype: the whole dynamic W8A8 linear,
+#   (q, s) = quantize_per_token(x);  out = int8_linear(q, s, qw, w_scale, bias, x.dtype)
+# with exactly those two ops' float32 arithmetic, so every backend is bit-identical to the two-op
+# path (quantization is deterministic, the int32 sums exact). x float32 / bfloat16 / float16 [M, K]
+# (any strides); qw int8 [N, K]; w_scale float32 [N]; bias [N] any float dtype or None. Fused where
+# it pays: the Triton kernel quantizes x tiles on the fly inside the GEMM, the CUDA kernel for
+# M <= 16 (decode) quantizes x into shared memory and streams the weight; elsewhere the backends
+# run the two kernels back to back without Python in between.
+
+lib.define("w8a8_linear(Tensor x, Tensor qw, Tensor w_scale, Tensor? bias) -> Tensor")
+
+
+def check_w8a8_linear(x, qw, w_scale, bias) -> None:
+    op = "w8a8_linear"
+    _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
+    _check_tensor(op, "qw", qw, (torch.int8,), 2)
+    _check_tensor(op, "w_scale", w_scale, (torch.float32,), 1)
+    if bias is not None:
+        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
+    _check_same_device(op, "x", x, qw=qw, w_scale=w_scale, bias=bias)
+    K = x.shape[1]
+    N = qw.shape[0]
+    if qw.shape[1] != K:
+        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = x.shape[1] = {K}, got shape {tuple(qw.shape)}")
+    if w_scale.shape[0] != N:
+        raise ValueError(f"{op}: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
+    if bias is not None and bias.shape[0] != N:
+        raise ValueError(f"{op}: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+
+
+def w8a8_linear_reference(x, qw, w_scale, bias) -> Tensor:
+    check_w8a8_linear(x, qw, w_scale, bias)
+    q, s = quantize_per_token_reference(x)
+    return int8_linear_reference(q, s, qw, w_scale, bias, x.dtype)
+
+
+def _w8a8_linear_fake(x, qw, w_scale, bias) -> Tensor:
+    check_w8a8_linear(x, qw, w_scale, bias)
+    return x.new_empty((x.shape[0], qw.shape[0]))
+
+
+torch.library.register_fake("compress::w8a8_linear", _w8a8_linear_fake, lib=lib)
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton implementations (opaque custom ops, see int8_mm_triton) and backend registration.
 
 @torch.library.custom_op("compress::quantize_per_token_triton", mutates_args=())
@@ -257,10 +302,21 @@ def w8a16_linear_triton(x: Tensor, qw: Tensor, w_scale: Tensor, bias: Optional[T
 
 w8a16_linear_triton.register_fake(_w8a16_linear_fake)
 
+
+@torch.library.custom_op("compress::w8a8_linear_triton", mutates_args=())
+def w8a8_linear_triton(x: Tensor, qw: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    check_w8a8_linear(x, qw, w_scale, bias)
+    from compress.triton_kernels.int8_gemm import w8a8_linear as launch
+    return launch(x, qw, w_scale, bias)
+
+
+w8a8_linear_triton.register_fake(_w8a8_linear_fake)
+
 _backend.register_standard("quantize_per_token", torch.ops.compress.quantize_per_token_triton.default,
                            quantize_per_token_reference)
 _backend.register_standard("int8_linear", torch.ops.compress.int8_linear_triton.default, int8_linear_reference)
 _backend.register_standard("w8a16_linear", torch.ops.compress.w8a16_linear_triton.default, w8a16_linear_reference)
+_backend.register_standard("w8a8_linear", torch.ops.compress.w8a8_linear_triton.default, w8a8_linear_reference)
 
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -289,7 +345,9 @@ def w8a16_linear(x: Tensor, qw: Tensor, w_scale: Tensor, bias: Optional[Tensor] 
 
 
 def w8a8_linear(x: Tensor, qw: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """The whole dynamic W8A8 linear: quantize x per row, int8 GEMM, fused dequant; x's dtype out.
-    x float [M, K]. Two launches (quantize_per_token, int8_linear); see the int8 issue for fusion."""
-    q, s = quantize_per_token(x)
-    return int8_linear(q, s, qw, w_scale, bias, x.dtype)
+    """The whole dynamic W8A8 linear in one op: quantize x per row (quantize_per_token), int8 GEMM,
+    fused dequant and bias (int8_linear), out in x's dtype; bit-identical to those two ops.
+
+    x float [M, K] (any strides), qw int8 [N, K], w_scale float32 [N], bias [N] or None."""
+    check_w8a8_linear(x, qw, w_scale, bias)
+    return _backend.dispatch("w8a8_linear", x.device)(x, qw, w_scale, bias)

@@ -6,6 +6,12 @@
 // the int32 result, row by row on torch's threads. On the CPU this round trip is cheap: the int32
 // result is 1/K of the GEMM's work (at M = 1024, N = K = 4096: 16 MiB against 34 G multiply-adds,
 // about 1% of the time), and at small M it stays in L2. The GPU kernels fuse it in registers.
+//
+// compress::w8a8_linear(x, qw, w_scale, bias?) = quantize_per_token (int8_quant_cpu.cpp, through
+// the dispatcher) then int8_linear_cpu below, back to back in C++. Not fused: on the CPU the round
+// trip of q and the scales is a pass over M x K bytes against M x N x K multiply-adds (a fused
+// dequant epilogue measured only 1.5% here), and reusing the two kernels keeps the result
+// bit-identical to the two-op path by construction.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -14,6 +20,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <tuple>
 
 #include "common.h"
 #include "cpu_parallel.h"
@@ -105,7 +112,57 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("compress::quantize_per_token", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
+  return op.call(x);
+}
+
+at::Tensor w8a8_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
+                           const std::optional<at::Tensor>& bias_opt) {
+  constexpr const char* op = "w8a8_linear";
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  const at::Tensor bias = has_bias ? *bias_opt : at::Tensor();  // named `bias` in the messages
+  // The checks of compress/ops/int8.py's check_w8a8_linear, so that the messages name this op's
+  // arguments (x, not the qx of the int8_linear called below).
+  COMPRESS_CHECK(op, x.device().is_cpu(), "expected `x` on the CPU, got ", x.device());
+  const auto xt = x.scalar_type();
+  TORCH_CHECK_TYPE(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
+                   ": expected `x` to be torch.float32 or torch.bfloat16 or torch.float16, got ", dtype_name(xt));
+  COMPRESS_CHECK_DIM(op, x, 2);
+  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
+  COMPRESS_CHECK_DIM(op, qw, 2);
+  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
+  COMPRESS_CHECK_DIM(op, w_scale, 1);
+  if (has_bias) {
+    const auto s = bias.scalar_type();
+    TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op,
+                     ": expected `bias` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
+                     dtype_name(s));
+    COMPRESS_CHECK_DIM(op, bias, 1);
+  }
+  for (const at::Tensor* t : {&qw, &w_scale})
+    COMPRESS_CHECK(op, t->device() == x.device(), "expected every argument on the device of `x` (", x.device(),
+                   "), got ", t->device());
+  if (has_bias) COMPRESS_CHECK_DEVICE(op, bias, x.device());
+  const int64_t K = x.size(1), N = qw.size(0);
+  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K, ", got shape ",
+                 qw.sizes());
+  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
+                 w_scale.size(0));
+  if (has_bias)
+    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
+                   bias.size(0));
+
+  const auto [q, scale] = quantize_per_token(x);  // int8 [M, K] contiguous, float32 [M]
+  return int8_linear_cpu(q, scale, qw, w_scale, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt, xt);
+}
+
 }  // namespace
 }  // namespace compress
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("int8_linear", &compress::int8_linear_cpu); }
+TORCH_LIBRARY_IMPL(compress, CPU, m) {
+  m.impl("int8_linear", &compress::int8_linear_cpu);
+  m.impl("w8a8_linear", &compress::w8a8_linear_cpu);
+}

@@ -2,6 +2,7 @@
 //   compress::int8_linear(qx, x_scale, qw, w_scale, bias?, out_dtype) -> out [M, N]
 //   compress::quantize_per_token(x) -> (q int8 [..., K], scale float32 [...])
 //   compress::w8a16_linear(x, qw, w_scale, bias?) -> out [M, N] in x.dtype
+//   compress::w8a8_linear(x, qw, w_scale, bias?) -> out [M, N] in x.dtype
 // Torch glue only; kernels: int8_gemm.cu (int8_gemm_tn_dequant), int8_quant.cu (quantize, GEMV).
 // Same conventions as int8_mm_cuda.cpp: checks first (device, dtype, dim, sizes; the messages
 // name the arguments as compress/ops/int8.py's checks do), then CUDAGuard + current stream,
@@ -18,6 +19,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
@@ -28,6 +31,7 @@
 #include "int8/int8_gemm.h"
 #include "int8/int8_operands.h"
 #include "int8/int8_quant.h"
+#include "int8/int8_w8a8.h"
 
 namespace compress {
 namespace {
@@ -299,6 +303,87 @@ at::Tensor w8a16_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at
   return out;
 }
 
+// ---- w8a8_linear ------------------------------------------------------------------------------
+// quantize_per_token + int8_linear in one op. M <= 16 (decode) with M * K small enough for shared
+// memory (w8a8_gemv_fits): the fused kernel of int8_w8a8.cu (one launch, q and the scales stay on
+// chip). Otherwise the two kernels above, back to back from C++. Both are bit-identical to the
+// two-op path. COMPRESS_W8A8_CUDA_PATH=auto|fused|two_kernels (environment, read per call) forces
+// a path for tests and benchmarks; `fused` raises where the fused kernel cannot run the shape.
+// The fused kernel has NOT been run on a GPU yet, nor its M <= 16 threshold measured.
+
+at::Tensor w8a8_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias_opt) {
+  constexpr const char* op = "w8a8_linear";
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  const at::Tensor bias = has_bias ? *bias_opt : at::Tensor();
+  // device
+  COMPRESS_CHECK(op, x.is_cuda(), "expected `x` on a CUDA device, got ", x.device());
+  CHECK_ON_DEVICE_OF(op, qw, x);
+  CHECK_ON_DEVICE_OF(op, w_scale, x);
+  if (has_bias) CHECK_ON_DEVICE_OF(op, bias, x);
+  // dtype
+  CHECK_FLOAT_DTYPE(op, x);
+  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
+  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
+  if (has_bias) CHECK_FLOAT_DTYPE(op, bias);
+  // dim
+  COMPRESS_CHECK_DIM(op, x, 2);
+  COMPRESS_CHECK_DIM(op, qw, 2);
+  COMPRESS_CHECK_DIM(op, w_scale, 1);
+  if (has_bias) COMPRESS_CHECK_DIM(op, bias, 1);
+  // sizes
+  const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
+  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K,
+                 ", got shape ", py_shape(qw));
+  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N,
+                 " elements, got ", w_scale.size(0));
+  if (has_bias)
+    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N,
+                   " elements, got ", bias.size(0));
+  COMPRESS_CHECK(op, M <= kIntMax && N <= kIntMax && K <= kIntMax,
+                 "sizes must stay below 2^31 - 1024, got x ", x.sizes(), " and qw ", qw.sizes());
+
+  const char* env = std::getenv("COMPRESS_W8A8_CUDA_PATH");
+  const bool force_fused = env != nullptr && std::strcmp(env, "fused") == 0;
+  const bool force_two = env != nullptr && std::strcmp(env, "two_kernels") == 0;
+  TORCH_CHECK_VALUE(env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0 || force_fused || force_two,
+                    op, ": expected COMPRESS_W8A8_CUDA_PATH to be auto, fused or two_kernels, got '", env, "'");
+  const bool fits = w8a8_gemv_fits(M, K);
+  COMPRESS_CHECK(op, !force_fused || fits || M == 0 || N == 0,
+                 "COMPRESS_W8A8_CUDA_PATH=fused, but the fused kernel takes 1 <= M <= ", kW8A8MaxM,
+                 " rows of at most 96 KiB of int8 together, got x ", x.sizes());
+  if (force_two || !fits || N == 0) {
+    // M = 0, K = 0 and the large-M case: the two kernels, exactly the two-op path.
+    const auto [q, scale] = quantize_per_token_cuda(x);
+    return int8_linear_cuda(q, scale, qw, w_scale, bias_opt, x.scalar_type());
+  }
+  check_tensor_cores(op, x.device());  // what int8_linear requires, so both paths run on the same GPUs
+
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto dt = x.scalar_type();
+  at::Tensor x_op = x;  // rows contiguous, any alignment of the element type
+  if (K > 1 && x.stride(1) != 1) x_op = x.contiguous();
+  const int64_t ldx = M == 1 ? K : x_op.stride(0);
+  const int64_t Kw = round_up(K, kAlign);
+  at::Tensor w_op = qw;  // read in place when its rows are 16-byte aligned, else a padded copy
+  int64_t ldw = usable_row_stride(qw);
+  if (ldw < 0) {
+    w_op = padded_copy(qw, Kw);
+    ldw = Kw;
+  }
+  const at::Tensor ws = w_scale.contiguous();
+  const at::Tensor bf = has_bias ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({M, N}, x.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const cudaError_t err = w8a8_gemv(
+      x_op.const_data_ptr(), float_dtype(dt), ldx, w_op.const_data_ptr<int8_t>(), ldw,
+      ws.const_data_ptr<float>(), has_bias ? bf.const_data_ptr<float>() : nullptr,
+      out.mutable_data_ptr(), /*ldo=*/N, static_cast<int>(M), static_cast<int>(N),
+      static_cast<int>(K), stream);
+  CHECK_LAUNCH(op, err, "M=", M, ", N=", N, ", K=", K);
+  return out;
+}
+
 }  // namespace
 }  // namespace compress
 
@@ -306,4 +391,5 @@ TORCH_LIBRARY_IMPL(compress, CUDA, m) {
   m.impl("int8_linear", &compress::int8_linear_cuda);
   m.impl("quantize_per_token", &compress::quantize_per_token_cuda);
   m.impl("w8a16_linear", &compress::w8a16_linear_cuda);
+  m.impl("w8a8_linear", &compress::w8a8_linear_cuda);
 }
