@@ -5,7 +5,12 @@
 // dtype problems raise TypeError, shape/layout/device problems ValueError.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <string>
+#include <utility>
 
 namespace compress {
 // The dtype as Python spells it (torch.int8), not c10's name (Char).
@@ -23,6 +28,59 @@ inline const char* dtype_name(c10::ScalarType t) {
     case c10::ScalarType::Bool: return "torch.bool";
     default: return c10::toString(t);
   }
+}
+
+// ----------------------------------------------------------------- undefined (None) tensors
+// torch.ops.compress.<op>(..., None, ...) passes None for a required `Tensor` argument as an
+// undefined tensor (torch's argument parser allows it, before any code of ours), and the
+// dispatcher picks the kernel by the other arguments: a kernel's first check would then fail naming
+// nothing ("tensor does not have a device"), and with no tensor at all the dispatcher fails ("There
+// were no tensor arguments"). So each op has a BackendSelect kernel, which the dispatcher runs before
+// any backend's (CPU, CUDA, Meta) and even with no tensor argument: it checks every Tensor argument
+// once, in one place, names an undefined one, and passes the call on unchanged. Registered beside
+// the CPU kernel, whose signature it takes:
+//   TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
+//     check_tensors_defined<&int8_mm_cpu>(m, "int8_mm");
+//   }
+//   -> int8_mm: expected `b` to be a torch.Tensor, got None
+namespace detail {
+
+inline bool undefined(const at::Tensor& t) { return !t.defined(); }
+template <class T>
+bool undefined(const T&) { return false; }  // optional tensors (None is nullopt), scalars
+
+inline void raise_undefined(const c10::FunctionSchema& schema, size_t index) {
+  TORCH_CHECK_TYPE(false, schema.name().substr(schema.name().find("::") + 2), ": expected `",
+                   schema.arguments()[index].name(), "` to be a torch.Tensor, got None");
+}
+
+template <auto kernel>
+struct DefinedTensors;
+template <class R, class... A, R (*kernel)(A...)>
+struct DefinedTensors<kernel> {
+  // Set by check_tensors_defined. A const char* is constant-initialized; a std::string member of a
+  // class template would be initialized in no set order with the registration, maybe after it.
+  static inline const char* op = nullptr;
+
+  static R select(c10::DispatchKeySet ks, A... a) {
+    // Looked up at the first call: compress.ops defines the schemas after loading compress._C.
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow((std::string("compress::") + op).c_str(), "")
+                                   .typed<R(A...)>();
+    size_t i = 0;
+    ((undefined(a) ? raise_undefined(handle.schema(), i) : void(), ++i), ...);
+    const auto below = c10::DispatchKeySet(c10::DispatchKeySet::FULL_AFTER, c10::DispatchKey::BackendSelect);
+    return handle.redispatch(ks & below, std::forward<A>(a)...);
+  }
+};
+
+}  // namespace detail
+
+// Registers compress::<name>'s BackendSelect kernel (see above); `kernel` gives the signature.
+template <auto kernel>
+void check_tensors_defined(torch::Library& m, const char* name) {
+  detail::DefinedTensors<kernel>::op = name;  // a string literal: lives as long as the process
+  m.impl(name, &detail::DefinedTensors<kernel>::select);
 }
 }  // namespace compress
 

@@ -1,4 +1,4 @@
-"""Bad-input sweep over every op in compress.ops.OPS (reliability, issue 8).
+"""Bad-input sweep over every op of namespace `compress` (OPS below; reliability, issue 8).
 
     python tests/bad_input_sweep.py --calls 2000 --seed 0 --json out.json
 
@@ -7,7 +7,8 @@ corrupts one or two of them (CORRUPTIONS) and calls the op by one of ROUTES. Eve
 one contract:
   - it returns, and the result equals the reference (compress.ops.<op>_reference) on the same
     arguments (exact for integer results, the tolerances of tests/helpers.py for float ones,
-    NaN-aware: see assert_matches), or
+    NaN-aware: see assert_matches); on the route that calls torch.ops.compress.<op> directly, on
+    the arguments as torch's parser converts them (see torch_converted), or
   - it raises TypeError / ValueError / RuntimeError / NotImplementedError whose message names an
     argument of the op (`name` or 'name'). Naming the corrupted argument is counted apart from
     naming another one (x's dtype changed: "expected `values` to be torch.bfloat16 ...").
@@ -166,6 +167,13 @@ def _w8a16_linear(r, cap, sizes=None):
             "w_scale": _lay(r, _scales(g, N)), "bias": _bias(r, g, N)}
 
 
+def _w8a8_linear(r, cap, sizes=None):
+    a = _w8a16_linear(r, cap, sizes)  # the same arguments: x, qw, w_scale, bias
+    if r.coin() and a["x"].numel():
+        a["x"][0] = 0  # an all-zero row: the safe scale
+    return a
+
+
 def _sparse24_linear(r, cap, sizes=None):
     K4 = [k for k in (0, 4, 8, 12, 16, 36, 64) if k <= max(cap, 4)]  # K divisible by 4
     M, N, K = sizes or (_size(r, cap), _size(r, cap), r.choice(K4))
@@ -227,6 +235,16 @@ def _rnn(r, cap, lstm, sizes=None):
             "reverse": r.coin()}
 
 
+def _rnn_backward(r, cap, lstm, sizes=None):
+    """lstm_layer_backward / gru_layer_backward: the forward's arguments after random gradients of
+    its outputs y [T, B, P], h_n [B, P] (and c_n [B, H]) in xg's dtype."""
+    a = _rnn(r, cap, lstm, sizes)
+    T, B = a["xg"].shape[:2]
+    shapes = {"dy": (T, B, a["h0"].shape[1]), "dh_n": a["h0"].shape, **({"dc_n": a["c0"].shape} if lstm else {})}
+    g = r.generator()
+    return {**{k: _lay(r, _float(g, shape, a["xg"].dtype)) for k, shape in shapes.items()}, **a}
+
+
 def _rnn_w8(r, cap, lstm, sizes=None):
     """lstm_layer_w8 / gru_layer_w8: the float recurrence's weights quantized per row."""
     a = _rnn(r, cap, lstm, sizes)
@@ -263,17 +281,32 @@ VALID: dict[str, Callable[..., dict]] = {
     "quantize_per_token": _quantize_per_token,
     "int8_linear": _int8_linear,
     "w8a16_linear": _w8a16_linear,
+    "w8a8_linear": _w8a8_linear,
     "sparse24_linear": _sparse24_linear,
     "bsr_linear": lambda r, cap, sizes=None: _block_sparse(r, cap, "bsr", sizes),
     "csr_linear": lambda r, cap, sizes=None: _block_sparse(r, cap, "csr", sizes),
     "lstm_layer": lambda r, cap, sizes=None: _rnn(r, cap, True, sizes),
     "gru_layer": lambda r, cap, sizes=None: _rnn(r, cap, False, sizes),
+    "lstm_layer_backward": lambda r, cap, sizes=None: _rnn_backward(r, cap, True, sizes),
+    "gru_layer_backward": lambda r, cap, sizes=None: _rnn_backward(r, cap, False, sizes),
     "lstm_layer_w8": lambda r, cap, sizes=None: _rnn_w8(r, cap, True, sizes),
     "gru_layer_w8": lambda r, cap, sizes=None: _rnn_w8(r, cap, False, sizes),
     "lstm_layer_bsr": lambda r, cap, sizes=None: _rnn_bsr(r, cap, True, sizes),
     "gru_layer_bsr": lambda r, cap, sizes=None: _rnn_bsr(r, cap, False, sizes),
 }
 RNN_OPS = tuple(op for op in VALID if op.startswith(("lstm_layer", "gru_layer")))
+
+# Every op of namespace `compress` but the Triton backends' own custom ops (compress::<op>_triton,
+# called through the "triton" route): compress.ops.OPS and the recurrences' backward ops, which
+# autograd calls and which can be called themselves (compress.ops.rnn).
+OPS = tuple(dict.fromkeys((*ops.OPS, "lstm_layer_backward", "gru_layer_backward")))
+
+
+def public(name: str) -> Callable:
+    """compress.ops.<name> (an op's wrapper or reference); compress.ops.rnn's where compress.ops
+    does not export it (the backward ops)."""
+    return getattr(ops, name) if hasattr(ops, name) else getattr(ops.rnn, name)
+
 
 # Where the reference is not finite these ops' results are not bound (where it is finite, they are):
 # the sparse kernels skip stored zeros, so the dense reference's 0 * inf = NaN may be finite there;
@@ -570,41 +603,43 @@ def _noncontiguous(args, *names):
 
 # Violations from known, reported defects: counted under their id, not as violations. Each has a
 # reproducer in test_bad_input_sweep.py marked xfail(strict=True), so that a fix shows (the test then
-# passes unexpectedly and fails) and its entry here is removed with the xfail.
+# passes unexpectedly and fails) and its entry here is removed with the xfail. The six of issue 8
+# are fixed; their reproducers stay there as regression tests.
 # predicate(op, route, args, corrupted names, detail) -> bool.
-KNOWN = {
-    "triton-k0-scales": (
-        "Triton int8_linear / w8a16_linear with K = 0 return the bias (or zeros) without applying the scales, "
-        "so an inf / NaN scale does not give the reference's 0 * inf = NaN",
-        lambda op, route, args, names, detail: route == "triton" and op in ("int8_linear", "w8a16_linear")
-        and "non-finite reference elements differ" in detail),
-    "cpp-bias-name": (
-        "the int8_linear / w8a16_linear C++ checks name the bias `(*bias)` (COMPRESS_CHECK_DIM stringifies "
-        "the expression *bias)",
-        lambda op, route, args, names, detail: "`(*bias)`" in detail),
-    "cpp-undefined-tensor": (
-        "torch.ops.compress.<op> takes None for a required Tensor (an undefined tensor); the C++ kernels "
-        "do not check defined() and fail with 'tensor does not have a device' or similar, naming nothing",
-        lambda op, route, args, names, detail: route == "native" and any(
-            args[n] is None for n in names) and "names no argument" in detail),
-    "rnn-lengths-type": (
-        "the recurrences' checks compare devices before checking that `lengths` is a tensor: "
-        "a non-tensor lengths gives AttributeError: ... has no attribute 'device'",
-        lambda op, route, args, names, detail: "lengths" in names and "has no attribute 'device'" in detail),
-    "backend-choice-message": (
-        "with ops.backend(name) chosen and the first argument on a device that backend cannot run on, the "
-        "message names the backend and the device, not the argument",
-        lambda op, route, args, names, detail: "was chosen but cannot run on" in detail),
-    "torch-bool-arg": (
-        "torch.ops.compress.<op> takes None or an int for a `bool` argument (torch's argument parser), where "
-        "the Python wrapper raises",
-        lambda op, route, args, names, detail: route == "native" and "reverse" in names
-        and "the reference rejects" in detail),
+KNOWN: dict[str, tuple[str, Callable]] = {
 }
 
 
-def _fn(op: str, route: str) -> Callable:
-    return getattr(torch.ops.compress, op).default if route == "native" else getattr(ops, op)
+def torch_converted(op: str, args: dict) -> dict:
+    """`args` as torch.ops.compress.<op> hands them to a kernel. torch's argument parser converts
+    None or a number given for a `bool` argument (`reverse`) to bool(value), None to False
+    (pybind11's conversion; a one-element tensor too, which the sweep does not pass), and rejects
+    a str or list naming the argument. That happens in torch before any code of ours runs: the
+    C++ kernel and the fake implementation receive a bool, so neither can tell `reverse=0` from
+    `reverse=False`. The Python wrappers (the other routes) take only a bool."""
+    schema = getattr(torch.ops.compress, op).default._schema
+    out = dict(args)
+    for a in schema.arguments:
+        v = out.get(a.name)
+        converts = v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+        if isinstance(a.type, torch.BoolType) and converts:
+            out[a.name] = v is not None and bool(v)
+    return out
+
+
+def verdict(op: str, route: str, args: dict, corrupted) -> tuple[str, str]:
+    """Calls `op` with `args` by `route` and holds the call to the contract (check_call)."""
+    values = list(args.values())
+
+    def call():
+        if route == "native":
+            return getattr(torch.ops.compress, op).default(*values)
+        with ops.backend(route):  # "auto" too: the default choice
+            return public(op)(*values)
+
+    ref_args = list((torch_converted(op, args) if route == "native" else args).values())
+    return check_call(call, lambda: public(f"{op}_reference")(*ref_args),
+                      lambda out, ref: assert_matches(op, out, ref, args), list(args), corrupted)
 
 
 def describe(v) -> str:
@@ -617,7 +652,7 @@ def describe(v) -> str:
 def run_sweep(calls: int, seed: int, progress=None, ops_list=None, replay: Optional[int] = None) -> dict:
     """The sweep; with `replay`, only call #replay is made (the same draws lead up to it), and its
     arguments are returned under "args"."""
-    ops_list = list(ops_list or ops.OPS)
+    ops_list = list(ops_list or OPS)
     missing = [op for op in ops_list if op not in VALID]
     ops_list = [op for op in ops_list if op in VALID]
     counts = {k: 0 for k in ("calls", "matched", "raised_named", "raised_named_other", "violations", "known",
@@ -640,21 +675,12 @@ def run_sweep(calls: int, seed: int, progress=None, ops_list=None, replay: Optio
         if progress:
             progress.write(desc + "\n")
             progress.flush()
-        values = list(args.values())
         if not validated and malformed_index(args):
             counts["skipped"] += 1
             continue
         if replay is not None and i != replay:
             continue
-
-        def call():
-            if route in ("auto", "native"):
-                return _fn(op, route)(*values)
-            with ops.backend(route):
-                return _fn(op, route)(*values)
-
-        outcome, detail = check_call(call, lambda: getattr(ops, f"{op}_reference")(*values),
-                                     lambda out, ref: assert_matches(op, out, ref, args), list(args), names)
+        outcome, detail = verdict(op, route, args, names)
         counts["calls"] += 1
         by_route.setdefault(route, {}).setdefault(outcome, 0)
         by_route[route][outcome] += 1

@@ -25,7 +25,7 @@ def test_unknown_backend_name():
 
 def test_explicit_backend_that_cannot_run_says_why():
     a, b = make_int8(5, 9, "cpu"), make_int8(9, 4, "cpu")
-    with pytest.raises(RuntimeError, match="backend 'cuda' was chosen but cannot run on cpu: the CUDA kernel takes CUDA"):
+    with pytest.raises(RuntimeError, match="backend 'cuda' was chosen but cannot run on `a` on cpu: the CUDA kernel takes CUDA"):
         with ops.backend("cuda"):
             ops.int8_mm(a, b)
 

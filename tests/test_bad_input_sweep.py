@@ -1,7 +1,7 @@
 """The bad-input sweep (tests/bad_input_sweep.py): 2000 random corrupted calls in a subprocess, so that
 a segfault or abort fails the test with the call it died in; the sweep's checker shown to catch
 planted violations; one reproducer per known defect (xfail, strict: a fix makes it fail, and then
-its KNOWN entry and the xfail go)."""
+its KNOWN entry and the xfail go), and those of the defects fixed since."""
 import json
 import math
 import subprocess
@@ -45,7 +45,7 @@ def test_sweep_2000_calls(tmp_path):
     assert c["violations"] == 0, "\n".join(res["violations"][:30])
     assert c["calls"] >= 2000 and rc == 0, output[-4000:]
     # Not vacuous: every op ran, and calls both returned checked results and raised.
-    assert set(res["ops"]) == set(ops.OPS)
+    assert set(res["ops"]) == set(sweep.OPS)
     assert c["matched"] > 300 and c["raised_named"] > 800, c
     triton_here = ops.why_unavailable("int8_mm", "triton", "cpu") is None  # the interpreter, without a GPU
     assert set(res["by_route"]) == {"auto", "native", "reference"} | ({"triton"} if triton_here else set())
@@ -97,10 +97,19 @@ def test_checker_nan_aware():
 
 
 def test_every_op_has_a_generator():
-    assert set(ops.OPS) <= set(sweep.VALID), f"add generators to VALID for {set(ops.OPS) - set(sweep.VALID)}"
+    assert set(sweep.OPS) <= set(sweep.VALID), f"add generators to VALID for {set(sweep.OPS) - set(sweep.VALID)}"
 
 
-# ------------------------------------------------------------------------ known defects, reproduced
+def test_sweep_covers_every_op_of_the_library():
+    # Every schema of namespace `compress` (the Triton backends' custom ops <op>_triton aside: the
+    # sweep's "triton" route calls them) is one of the sweep's ops.
+    defined = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("compress::")}
+    backends = {n for n in defined if n.endswith("_triton") and n[:-len("_triton")] in defined}
+    assert defined - backends == set(sweep.OPS), (f"not in bad_input_sweep.OPS: {defined - backends - set(sweep.OPS)}; "
+                                                  f"not an op: {set(sweep.OPS) - defined}")
+
+
+# ---------------------------------------------------------------- known defects and fixed ones
 
 def _csr(K=8, N=5):
     g = torch.Generator().manual_seed(0)
@@ -137,9 +146,28 @@ def test_triton_sparse_indices_with_strides_match():
     sweep.assert_matches("csr_linear", out, ops.csr_linear_reference(*args.values()), args)
 
 
+def _run(op, route, args, corrupted):
+    """sweep.verdict; skipped where the route cannot run here (Triton on CPU tensors: interpreter only)."""
+    why = route == "triton" and ops.why_unavailable(op, "triton", "cpu")
+    if why:
+        pytest.skip(why)
+    return sweep.verdict(op, route, args, corrupted)
+
+
+# Reproducers of defects the sweep found: each returns (op, route, args, corrupted names); its
+# comment says what the code did before the fix.
+
 def _repro_triton_k0_scales():
+    # K = 0 returned the bias (or zeros) without applying the scales: no NaN from 0 * inf
     return "w8a16_linear", "triton", {"x": torch.randn(2, 0), "qw": torch.zeros(3, 0, dtype=torch.int8),
                                       "w_scale": torch.tensor([1.0, math.inf, 1.0]), "bias": None}, ["w_scale"]
+
+
+def _repro_triton_k0_scales_int8():
+    empty = torch.zeros(3, 0, dtype=torch.int8)
+    args = {"qx": empty[:2], "x_scale": torch.tensor([1.0, math.nan]), "qw": empty, "w_scale": torch.ones(3),
+            "bias": torch.ones(3), "out_dtype": torch.bfloat16}
+    return "int8_linear", "triton", args, ["x_scale"]
 
 
 def _repro_meta_duplicate_position():
@@ -150,54 +178,93 @@ def _repro_meta_duplicate_position():
 
 
 def _repro_cpp_bias_name():
+    # the C++ check named the bias `(*bias)` (COMPRESS_CHECK_DIM stringified the expression)
     return "int8_linear", "native", {"qx": torch.ones(2, 3, dtype=torch.int8), "x_scale": torch.ones(2),
                                      "qw": torch.ones(4, 3, dtype=torch.int8), "w_scale": torch.ones(4),
                                      "bias": torch.tensor(1.0), "out_dtype": torch.float32}, ["bias"]
 
 
 def _repro_cpp_undefined_tensor():
+    # None for a required Tensor reached the C++ kernel as an undefined tensor: "tensor does not
+    # have a device", naming nothing
     a = _lstm()
     a["h0"] = None
     return "lstm_layer", "native", a, ["h0"]
 
 
+def _repro_cpp_undefined_tensor_backward():
+    a = _lstm()
+    grads = {"dy": torch.ones(3, 3, 5), "dh_n": None, "dc_n": torch.ones(3, 5)}
+    return "lstm_layer_backward", "native", {**grads, **a}, ["dh_n"]
+
+
 def _repro_rnn_lengths_type():
+    # the check compared lengths.device before checking that lengths is a tensor: AttributeError
     a = _lstm()
     a["lengths"] = [3, 1, 2]
     return "lstm_layer", "auto", a, ["lengths"]
 
 
 def _repro_backend_choice_message():
+    # the message named the backend and the device, not the argument
     return "quantize_per_token", "triton", {"x": torch.randn(2, 3, device="meta")}, ["x"]
 
 
 def _repro_torch_bool_arg():
+    # torch's parser gives the kernel reverse=False for None: the sweep's reference takes the same
     a = _lstm()
     a["reverse"] = None
     return "lstm_layer", "native", a, ["reverse"]
 
 
-REPRODUCERS = [
-    ("triton-k0-scales", _repro_triton_k0_scales),
-    ("cpp-bias-name", _repro_cpp_bias_name),
-    ("cpp-undefined-tensor", _repro_cpp_undefined_tensor),
-    ("rnn-lengths-type", _repro_rnn_lengths_type),
-    ("backend-choice-message", _repro_backend_choice_message),
-    ("torch-bool-arg", _repro_torch_bool_arg),
-]
+def _repro_torch_bool_arg_int():
+    a = _lstm()
+    a["reverse"] = 2
+    return "lstm_layer", "native", a, ["reverse"]
+
+
+def _repro_triton_interpreter_bf16_add():
+    # the Triton sparse24_linear added the two values in bfloat16, which Triton 3.8's interpreter gets wrong
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    values = torch.tensor([[0.5, -1.28]], dtype=torch.bfloat16)
+    meta = torch.tensor([[0]], dtype=torch.uint8)  # both kept weights at position 0: the sum -0.78
+    return "sparse24_linear", "triton", {"x": x, "values": values, "meta": meta, "bias": None}, ["meta"]
+
+
+@pytest.mark.parametrize("make,expected", [
+    (_repro_triton_k0_scales, "matched"), (_repro_triton_k0_scales_int8, "matched"),
+    (_repro_cpp_bias_name, "raised_named"), (_repro_cpp_undefined_tensor, "raised_named"),
+    (_repro_cpp_undefined_tensor_backward, "raised_named"), (_repro_rnn_lengths_type, "raised_named"),
+    (_repro_backend_choice_message, "raised_named"), (_repro_torch_bool_arg, "matched"),
+    (_repro_torch_bool_arg_int, "matched"), (_repro_triton_interpreter_bf16_add, "matched")], ids=lambda v: v.__name__[len("_repro_"):] if callable(v) else None)
+def test_formerly_known_issue(make, expected):
+    op, route, args, corrupted = make()
+    outcome, detail = _run(op, route, args, corrupted)
+    assert outcome == expected, detail
+
+
+def test_torch_converts_bool_arguments():
+    """What torch_converted assumes of torch's parser: None and numbers become bool(value), a str
+    is rejected naming the argument. If torch starts rejecting them, torch_converted can go."""
+    a = _lstm()
+    op = torch.ops.compress.lstm_layer.default
+    for value, as_bool in ((None, False), (0, False), (2, True), (0.5, True)):
+        out = op(*{**a, "reverse": value}.values())
+        sweep.assert_matches("lstm_layer", out, ops.lstm_layer_reference(*{**a, "reverse": as_bool}.values()), a)
+    with pytest.raises(RuntimeError, match="'reverse'"):
+        op(*{**a, "reverse": "yes"}.values())
 
 
 @pytest.mark.parametrize("route", ["native", "triton"])
 def test_sparse24_meta_naming_one_position_twice_adds_both(route):
     """Formerly a known issue: the kernels add both values, and now so does the reference."""
-    op, _, args, _ = _repro_meta_duplicate_position()
-    values = list(args.values())
-    if route == "native":
-        out = torch.ops.compress.sparse24_linear.default(*values)
-    else:
-        with ops.backend("triton"):
-            out = ops.sparse24_linear(*values)
-    sweep.assert_matches(op, out, ops.sparse24_linear_reference(*values), args)
+    op, _, args, corrupted = _repro_meta_duplicate_position()
+    outcome, detail = _run(op, route, args, corrupted)
+    assert outcome == "matched", detail
+
+
+# Known defects not fixed yet: (KNOWN id, reproducer), each an xfail(strict) until its fix.
+REPRODUCERS = []
 
 
 def test_every_known_issue_has_a_reproducer():
@@ -210,16 +277,7 @@ def test_every_known_issue_has_a_reproducer():
     for k, f in REPRODUCERS])
 def test_known_issue(known, make):
     op, route, args, corrupted = make()
-    values = list(args.values())
-
-    def call():
-        if route == "native":
-            return getattr(torch.ops.compress, op).default(*values)
-        with ops.backend("auto" if route == "auto" else route):
-            return getattr(ops, op)(*values)
-
-    outcome, detail = sweep.check_call(call, lambda: getattr(ops, f"{op}_reference")(*values),
-                                       lambda o, r: sweep.assert_matches(op, o, r, args), list(args), corrupted)
+    outcome, detail = _run(op, route, args, corrupted)
     if outcome == "violation" and not sweep.KNOWN[known][1](op, route, args, corrupted, detail):
         pytest.fail(f"not the known violation (the sweep would not file it under {known!r}): {detail}")
     assert outcome != "violation", detail  # the contract the known defect breaks

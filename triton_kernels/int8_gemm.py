@@ -122,9 +122,11 @@ def int8_linear(qx, x_scale, qw, w_scale, bias, out_dtype) -> torch.Tensor:
     """qx int8 [M, K], x_scale float32 [M], qw int8 [N, K], w_scale float32 [N], bias [N] or None
     -> out_dtype [M, N] contiguous. Checked by the caller (compress.ops)."""
     N = qw.shape[0]
-    out, bias, done = linear_out(qx, N, bias, out_dtype)  # K == 0: the epilogue of a zero accumulator
-    if done:
+    out, bias, _ = linear_out(qx, N, bias, out_dtype)
+    if out.numel() == 0:
         return out
+    # K == 0 runs too: the epilogue scales the zero accumulator, so an inf / NaN scale gives NaN
+    # (0 * inf) as in the reference, where linear_out's shortcut would give the bias.
     return _launch(qx, qw.t(), out, x_scale.contiguous(), w_scale.contiguous(), bias)
 
 

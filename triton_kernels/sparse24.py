@@ -44,7 +44,8 @@ def _sparse24_linear_kernel(x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, M, N, K, 
         v0 = tl.load(v_row, mask=wmask, other=0.0)
         v1 = tl.load(v_row + 1, mask=wmask, other=0.0)
         # [BLOCK_K, BLOCK_N] of W^T; a (malformed) byte naming one position twice adds both, as the reference
-        w = tl.where((meta & 3) == pos, v0, 0.0) + tl.where(((meta >> 2) & 3) == pos, v1, 0.0)
+        # (in float32: one rounding, and Triton 3.8's interpreter adds bfloat16 wrongly)
+        w = tl.where((meta & 3) == pos, v0.to(tl.float32), 0.0) + tl.where(((meta >> 2) & 3) == pos, v1.to(tl.float32), 0.0)
         if DOT_F32:
             acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         else:

@@ -74,6 +74,7 @@ class _Impl:
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
+_DEVICE_ARG: dict[str, str] = {}  # op -> the argument dispatch names when the chosen backend cannot run
 _LAST: dict[str, Choice] = {}
 _WARNED: set = set()
 _CACHE: dict = {}
@@ -91,6 +92,9 @@ def register_standard(op: str, triton_fn: Callable, reference_fn: Callable):
     """The usual four backends of an op: the C++ kernels registered by compress._C for the schema
     `compress::<op>` (CPU and CUDA dispatch keys), a Triton custom op, and the reference."""
     native = getattr(torch.ops.compress, op).default
+    # The wrappers dispatch on their first argument's device (the backward ops on xg's, where their
+    # checks have put the first argument too), so the message of dispatch names it.
+    _DEVICE_ARG[op] = native._schema.arguments[0].name
     register(op, "cpu", native, native_cpu(f"compress::{op}"))
     register(op, "cuda", native, native_cuda(f"compress::{op}"))
     register(op, "triton", triton_fn, triton_unavailable)
@@ -111,13 +115,15 @@ def why_unavailable(op: str, name: str, device: torch.device) -> Optional[str]:
     return _CACHE[key]
 
 
-def resolve(op: str, device: torch.device) -> tuple[str, Callable, str]:
-    """The (backend, function, reason) that runs `op` for inputs on `device`."""
+def resolve(op: str, device: torch.device, arg: Optional[str] = None) -> tuple[str, Callable, str]:
+    """The (backend, function, reason) that runs `op` for inputs on `device`; `arg`, if given, is
+    the argument `device` is taken from, named when the chosen backend cannot run there."""
     want = _STATE.name
     if want != "auto":
         why = why_unavailable(op, want, device)
         if why is not None:
-            raise RuntimeError(f"{op}: backend {want!r} was chosen but cannot run on {device}: {why}")
+            on = f"`{arg}` on {device}" if arg else str(device)
+            raise RuntimeError(f"{op}: backend {want!r} was chosen but cannot run on {on}: {why}")
         return want, _REGISTRY[op][want].fn, "chosen with compress.ops.backend"
     skipped = []
     for name in _AUTO_ORDER:
@@ -134,7 +140,8 @@ def resolve(op: str, device: torch.device) -> tuple[str, Callable, str]:
 
 
 def dispatch(op: str, device: torch.device) -> Callable:
-    name, fn, reason = resolve(op, device)
+    """The function that runs `op` on `device`, the device of the op's first argument."""
+    name, fn, reason = resolve(op, device, _DEVICE_ARG.get(op))
     if not torch.compiler.is_compiling():
         _LAST[op] = Choice(op, name, str(device), reason)
         if name == "reference" and (op, device.type) not in _WARNED:

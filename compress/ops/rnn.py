@@ -71,6 +71,7 @@ def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse, op="lstm_layer") 
     _check_tensor(op, "w_hh", w_hh, same, 2)
     if w_hr is not None:
         _check_tensor(op, "w_hr", w_hr, same, 2)
+    _check_lengths(op, lengths, xg.shape[1])  # a tensor before its device is compared
     _check_same_device(op, "xg", xg, h0=h0, c0=c0, w_hh=w_hh, w_hr=w_hr, lengths=lengths)
     T, B, G = xg.shape
     if G % 4:
@@ -82,7 +83,6 @@ def check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse, op="lstm_layer") 
     _check_shape(op, "w_hh", w_hh, (4 * H, P), f"[4H, P] with H = {H}, P = {P}")
     _check_shape(op, "h0", h0, (B, P), f"[B, P] with B = xg.shape[1] = {B}")
     _check_shape(op, "c0", c0, (B, H), f"[B, H] with B = {B}, H = {H}")
-    _check_lengths(op, lengths, B)
     if not isinstance(reverse, bool):
         raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
 
@@ -94,6 +94,7 @@ def check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse, op="gru_layer") -> Non
     _check_tensor(op, "w_hh", w_hh, same, 2)
     if b_hh is not None:
         _check_tensor(op, "b_hh", b_hh, same, 1)
+    _check_lengths(op, lengths, xg.shape[1])  # a tensor before its device is compared
     _check_same_device(op, "xg", xg, h0=h0, w_hh=w_hh, b_hh=b_hh, lengths=lengths)
     T, B, G = xg.shape
     if G % 3:
@@ -103,7 +104,6 @@ def check_gru_layer(xg, h0, w_hh, b_hh, lengths, reverse, op="gru_layer") -> Non
     if b_hh is not None:
         _check_shape(op, "b_hh", b_hh, (3 * H,), f"[3H] with H = {H}")
     _check_shape(op, "h0", h0, (B, H), f"[B, H] with B = xg.shape[1] = {B}")
-    _check_lengths(op, lengths, B)
     if not isinstance(reverse, bool):
         raise TypeError(f"{op}: expected `reverse` to be a bool, got {type(reverse).__name__}")
 

@@ -53,9 +53,10 @@ void dequant_rows(const int32_t* acc, const float* xs, const float* ws, const fl
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, const at::Tensor& qw,
-                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias_opt,
                            at::ScalarType out_dtype) {
   constexpr const char* op = "int8_linear";
+  const at::Tensor bias = bias_opt.value_or(at::Tensor());  // named so for the checks' messages
   COMPRESS_CHECK(op, qx.device().is_cpu(), "expected `qx` on the CPU, got ", qx.device());
   COMPRESS_CHECK_DTYPE(op, qx, at::kChar);
   COMPRESS_CHECK_DIM(op, qx, 2);
@@ -65,12 +66,12 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
   COMPRESS_CHECK_DIM(op, x_scale, 1);
   COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
   COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (bias) {
-    const auto s = bias->scalar_type();
+  if (bias.defined()) {
+    const auto s = bias.scalar_type();
     TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op,
                      ": expected `bias` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
                      dtype_name(s));
-    COMPRESS_CHECK_DIM(op, (*bias), 1);
+    COMPRESS_CHECK_DIM(op, bias, 1);
   }
   TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
                    ": expected `out_dtype` in (torch.float32, torch.bfloat16, torch.float16), got ",
@@ -78,7 +79,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
   for (const at::Tensor* t : {&x_scale, &qw, &w_scale})
     COMPRESS_CHECK(op, t->device() == qx.device(), "expected every argument on the device of `qx` (",
                    qx.device(), "), got ", t->device());
-  if (bias) COMPRESS_CHECK_DEVICE(op, (*bias), qx.device());
+  if (bias.defined()) COMPRESS_CHECK_DEVICE(op, bias, qx.device());
   const int64_t M = qx.size(0), K = qx.size(1), N = qw.size(0);
   COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = qx.shape[1] = ", K, ", got shape ",
                  qw.sizes());
@@ -86,15 +87,15 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
                  x_scale.size(0));
   COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
                  w_scale.size(0));
-  if (bias)
-    COMPRESS_CHECK(op, bias->size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
-                   bias->size(0));
+  if (bias.defined())
+    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
+                   bias.size(0));
 
   at::Tensor out = at::empty({M, N}, qx.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   const at::Tensor acc = int8_mm(qx, qw.t());  // int32 [M, N] contiguous; zeros when K == 0
   const at::Tensor xs = x_scale.contiguous(), ws = w_scale.contiguous();
-  const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   const int32_t* ap = acc.const_data_ptr<int32_t>();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   switch (out_dtype) {
@@ -165,4 +166,8 @@ at::Tensor w8a8_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at::
 TORCH_LIBRARY_IMPL(compress, CPU, m) {
   m.impl("int8_linear", &compress::int8_linear_cpu);
   m.impl("w8a8_linear", &compress::w8a8_linear_cpu);
+}
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
+  compress::check_tensors_defined<&compress::int8_linear_cpu>(m, "int8_linear");
+  compress::check_tensors_defined<&compress::w8a8_linear_cpu>(m, "w8a8_linear");
 }

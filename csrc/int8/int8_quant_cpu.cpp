@@ -328,8 +328,9 @@ void scale_rows(const float* acc, const float* ws, const float* bias, T* out, in
 }
 
 at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
-                            const std::optional<at::Tensor>& bias) {
+                            const std::optional<at::Tensor>& bias_opt) {
   constexpr const char* op = "w8a16_linear";
+  const at::Tensor bias = bias_opt.value_or(at::Tensor());  // named so for the checks' messages
   COMPRESS_CHECK(op, x.device().is_cpu(), "expected `x` on the CPU, got ", x.device());
   check_float(op, x, "x");
   COMPRESS_CHECK_DIM(op, x, 2);
@@ -337,27 +338,27 @@ at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at:
   COMPRESS_CHECK_DIM(op, qw, 2);
   COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
   COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (bias) {
-    check_float(op, *bias, "bias");
-    COMPRESS_CHECK_DIM(op, (*bias), 1);
+  if (bias.defined()) {
+    check_float(op, bias, "bias");
+    COMPRESS_CHECK_DIM(op, bias, 1);
   }
   COMPRESS_CHECK_DEVICE(op, qw, x.device());
   COMPRESS_CHECK_DEVICE(op, w_scale, x.device());
-  if (bias) COMPRESS_CHECK_DEVICE(op, (*bias), x.device());
+  if (bias.defined()) COMPRESS_CHECK_DEVICE(op, bias, x.device());
   const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
   COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K, ", got shape ",
                  qw.sizes());
   COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
                  w_scale.size(0));
-  if (bias)
-    COMPRESS_CHECK(op, bias->size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
-                   bias->size(0));
+  if (bias.defined())
+    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
+                   bias.size(0));
 
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const at::Tensor w = qw.contiguous();
   const at::Tensor ws = w_scale.contiguous();
-  const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   // x as contiguous float32 rows (exact); the weight is the large operand and is read once.
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const float* xp = xf.const_data_ptr<float>();
@@ -427,4 +428,8 @@ at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at:
 TORCH_LIBRARY_IMPL(compress, CPU, m) {
   m.impl("quantize_per_token", &compress::quantize_per_token_cpu);
   m.impl("w8a16_linear", &compress::w8a16_linear_cpu);
+}
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
+  compress::check_tensors_defined<&compress::quantize_per_token_cpu>(m, "quantize_per_token");
+  compress::check_tensors_defined<&compress::w8a16_linear_cpu>(m, "w8a16_linear");
 }

@@ -218,5 +218,9 @@ TORCH_LIBRARY_IMPL(compress, CPU, m) {
   m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
   m.impl("gru_layer_backward", &gru_layer_backward_cpu);
 }
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
+  check_tensors_defined<&lstm_layer_backward_cpu>(m, "lstm_layer_backward");
+  check_tensors_defined<&gru_layer_backward_cpu>(m, "gru_layer_backward");
+}
 
 }  // namespace compress

@@ -353,5 +353,13 @@ TORCH_LIBRARY_IMPL(compress, CPU, m) {
   m.impl("lstm_layer_bsr", &lstm_layer_bsr_cpu);
   m.impl("gru_layer_bsr", &gru_layer_bsr_cpu);
 }
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
+  check_tensors_defined<&lstm_layer_cpu>(m, "lstm_layer");
+  check_tensors_defined<&gru_layer_cpu>(m, "gru_layer");
+  check_tensors_defined<&lstm_layer_w8_cpu>(m, "lstm_layer_w8");
+  check_tensors_defined<&gru_layer_w8_cpu>(m, "gru_layer_w8");
+  check_tensors_defined<&lstm_layer_bsr_cpu>(m, "lstm_layer_bsr");
+  check_tensors_defined<&gru_layer_bsr_cpu>(m, "gru_layer_bsr");
+}
 
 }  // namespace compress::rnn_cpu

@@ -211,5 +211,6 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at:
 }  // namespace
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("bsr_linear", &bsr_linear_cpu); }
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&bsr_linear_cpu>(m, "bsr_linear"); }
 
 }  // namespace compress

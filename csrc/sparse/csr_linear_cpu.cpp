@@ -148,5 +148,6 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at:
 }  // namespace
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("csr_linear", &csr_linear_cpu); }
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&csr_linear_cpu>(m, "csr_linear"); }
 
 }  // namespace compress

@@ -167,5 +167,6 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("sparse24_linear", &sparse24_linear_cpu); }
+TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&sparse24_linear_cpu>(m, "sparse24_linear"); }
 
 }  // namespace compress
