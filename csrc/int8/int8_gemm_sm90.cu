@@ -59,18 +59,19 @@
 // ---------------------------------------------------------------------------------------------
 #include <cuda.h>  // CUtensorMap and its enums (types only: nothing links libcuda)
 #include <cuda_runtime.h>
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <atomic>
 #include <cstdint>
 
 #include "int8_gemm.h"
 #include "int8_gemm_common.cuh"
+#include "sm90_common.cuh"
 
 namespace compress {
 namespace {
 
 using namespace int8_common;
+using namespace sm90;
 
 constexpr int kBM = 128, kBN = 128, kBK = 128;  // BK in bytes = int8 elements
 constexpr int kStages = 6;                       // 6 x 32 KiB in flight; 1 CTA per SM
@@ -93,62 +94,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// ---- mbarrier (PTX ISA "mbarrier") ----------------------------------------------------------
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Spins until the phase with parity `parity` of `bar` has completed.
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        "  .reg .pred p;\n"
-        "  mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "  selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
-// ---- TMA: 2-D tiled load global -> shared, completion counted on `bar` in bytes --------------
-// Coordinates: c0 = k (innermost, bytes), c1 = row. Out-of-bounds box elements are zero-filled.
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
-                                            int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-
-// ---- wgmma (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate") ---------------
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4)  // start address
-         | (static_cast<uint64_t>(1) << 16)            // LBO: unused (swizzled K-major), 1
-         | (static_cast<uint64_t>(1024 >> 4) << 32)    // SBO: 8 rows x 128 B
-         | (static_cast<uint64_t>(1) << 62);           // 128B swizzle
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
 // Keeps the compiler from moving accesses to the accumulators across wgmma issue / wait (the
 // registers are written asynchronously between the two).
 __device__ __forceinline__ void fence_acc(int32_t (&acc)[1][kNTiles][4]) {
@@ -236,8 +181,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t full = full0 + 8 * s;
         const uint32_t a_dst = tiles + s * kStageBytes;
         mbar_arrive_expect_tx(full, kStageBytes);  // whole boxes, zero-filled parts included
-        tma_load_2d(a_dst, &tmap_a, full, kt * kBK, m0);
-        tma_load_2d(a_dst + kTileBytesA, &tmap_b, full, kt * kBK, n0);
+        tma_load_2d(a_dst, &tmap_a, kt * kBK, m0, full);
+        tma_load_2d(a_dst + kTileBytesA, &tmap_b, kt * kBK, n0, full);
       }
     }
     return;
@@ -260,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < kBK / 32; ++j)
-      wgmma_m64n128k32_s8(acc, smem_desc(a_tile + 32 * j), smem_desc(b_tile + 32 * j));
+      wgmma_m64n128k32_s8(acc, sw128_desc(a_tile + 32 * j), sw128_desc(b_tile + 32 * j));
     wgmma_commit();
     // Slice kt may still run; slice kt - 1 has finished reading its stage: hand it back.
     wgmma_wait<1>();
@@ -279,28 +224,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- host side --------------------------------------------------------------------------------
 
-// cuTensorMapEncodeTiled from the driver the runtime already loaded (no libcuda link), once.
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-#if CUDART_VERSION >= 12050
-    const cudaError_t e =
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
-#else
-    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &q);
-#endif
-    return (e == cudaSuccess && q == cudaDriverEntryPointSuccess)
-               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p)
-               : nullptr;
-  }();
-  return fn;
-}
-
 // [rows, K] int8 with row stride ld bytes, boxes of box_rows x kBK, 128B swizzle, zero fill.
 cudaError_t encode_operand(CUtensorMap* map, const int8_t* ptr, int rows, int K, int64_t ld,
                            int box_rows) {
-  const auto encode = encode_tiled_fn();
+  const auto encode = sm90::encode_tiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};  // bytes, of dim 1
@@ -361,7 +288,7 @@ bool int8_gemm_sm90_supported(int device) {
   int major = 0, minor = 0, prev = -1;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-      major == 9 && minor == 0 && encode_tiled_fn() != nullptr &&
+      major == 9 && minor == 0 && sm90::encode_tiled() != nullptr &&
       cudaGetDevice(&prev) == cudaSuccess && cudaSetDevice(device) == cudaSuccess) {
     // The image the runtime picked for this device must be the sm_90a one: an sm_90 (non-a)
     // cubin or PTX JIT-compiled from compute_80 / compute_90 holds the __trap() stub. Only the

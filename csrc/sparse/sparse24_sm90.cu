@@ -81,11 +81,13 @@
 #include <cuda.h>  // CUtensorMap and its enums (types only: the driver call goes through the runtime)
 
 #include "sparse/sparse_common_cuda.cuh"
+#include "sm90_common.cuh"
 
 namespace compress {
 namespace {
 
 using namespace sparse_detail;
+using namespace sm90;
 
 struct Sm90Config {
   static constexpr int BN = 128, BM = 128, BK = 128, STAGES = 4;
@@ -120,56 +122,6 @@ struct Sm90Args {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
-// 2-D TMA load of one box at (c0 = inner coordinate, c1 = row) into shared memory, completing
-// on `bar` (PTX cp.async.bulk.tensor; the CTA is its own cluster of one).
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                            uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-      : "memory");
-}
-
-// K-major, 128-byte swizzle, SBO 1024 (header comment).
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_addr) {
-  return static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4) | (1ull << 16) |
-         (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
 
 // D (64 x 128 f32, 64 registers) += A (sparse, desc a, metadata e, selector 0) * B (desc b).
 template <int DT>
@@ -310,35 +262,9 @@ __global__ void __launch_bounds__(Sm90Config::kThreads, 1)
 
 // ---- host: tensor maps ---------------------------------------------------------------------------
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// cuTensorMapEncodeTiled from the driver the runtime loaded (no -lcuda at link time); null if
-// the driver does not have it.
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-#if CUDART_VERSION >= 12050
-    const cudaError_t e =
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
-#else
-    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
-#endif
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();  // clear it: the caller falls back to the sm_80 kernel
-      return static_cast<EncodeTiled>(nullptr);
-    }
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
 // A 2-D map over [rows, cols] elements of `elem_bytes` (row stride `ld` elements), box
 // [box_rows, box_cols], zero fill outside. False when TMA cannot describe it.
-bool make_map(EncodeTiled enc, CUtensorMap* map, const void* ptr, int elem_bytes, int64_t rows,
+bool make_map(sm90::EncodeTiled enc, CUtensorMap* map, const void* ptr, int elem_bytes, int64_t rows,
               int64_t cols, int64_t ld, int box_rows, int box_cols, bool swizzle128) {
   const int64_t stride = (rows > 1 ? ld : cols) * elem_bytes;  // one row: any multiple of 16
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0 || stride % 16 != 0 || stride <= 0 ||
@@ -384,7 +310,7 @@ cudaError_t sparse24_linear_sm90(const void* x, int64_t ldx, const void* values,
   const int64_t m_tiles = (M + Cfg::BM - 1) / Cfg::BM;
   const int64_t grid = (N + Cfg::BN - 1) / Cfg::BN * m_tiles;
   if (grid > 0x7fffffff) return cudaErrorNotSupported;
-  const EncodeTiled enc = encode_tiled();
+  const sm90::EncodeTiled enc = sm90::encode_tiled();
   if (enc == nullptr) return cudaErrorNotSupported;
   // Tensor maps are 64-byte aligned host objects passed by value as kernel parameters.
   alignas(64) CUtensorMap tx, tv, tm;
