@@ -190,8 +190,9 @@ torch.library.register_fake("compress::int8_linear", _int8_linear_fake, lib=lib)
 lib.define("w8a16_linear(Tensor x, Tensor qw, Tensor w_scale, Tensor? bias) -> Tensor")
 
 
-def check_w8a16_linear(x, qw, w_scale, bias) -> None:
-    op = "w8a16_linear"
+def _check_weight_only_args(op, x, qw, w_scale, bias) -> None:
+    """The checks w8a16_linear and w8a8_linear share: x float [M, K], qw int8 [N, K], w_scale
+    float32 [N], bias float [N] or None, all on x's device."""
     _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
     _check_tensor(op, "qw", qw, (torch.int8,), 2)
     _check_tensor(op, "w_scale", w_scale, (torch.float32,), 1)
@@ -201,11 +202,15 @@ def check_w8a16_linear(x, qw, w_scale, bias) -> None:
     K = x.shape[1]
     N = qw.shape[0]
     if qw.shape[1] != K:
-        raise ValueError(f"w8a16_linear: expected `qw` to be [N, K] with K = x.shape[1] = {K}, got shape {tuple(qw.shape)}")
+        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = x.shape[1] = {K}, got shape {tuple(qw.shape)}")
     if w_scale.shape[0] != N:
-        raise ValueError(f"w8a16_linear: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
+        raise ValueError(f"{op}: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
     if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"w8a16_linear: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+        raise ValueError(f"{op}: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+
+
+def check_w8a16_linear(x, qw, w_scale, bias) -> None:
+    _check_weight_only_args("w8a16_linear", x, qw, w_scale, bias)
 
 
 def w8a16_linear_reference(x, qw, w_scale, bias) -> Tensor:
@@ -238,21 +243,7 @@ lib.define("w8a8_linear(Tensor x, Tensor qw, Tensor w_scale, Tensor? bias) -> Te
 
 
 def check_w8a8_linear(x, qw, w_scale, bias) -> None:
-    op = "w8a8_linear"
-    _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
-    _check_tensor(op, "qw", qw, (torch.int8,), 2)
-    _check_tensor(op, "w_scale", w_scale, (torch.float32,), 1)
-    if bias is not None:
-        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
-    _check_same_device(op, "x", x, qw=qw, w_scale=w_scale, bias=bias)
-    K = x.shape[1]
-    N = qw.shape[0]
-    if qw.shape[1] != K:
-        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = x.shape[1] = {K}, got shape {tuple(qw.shape)}")
-    if w_scale.shape[0] != N:
-        raise ValueError(f"{op}: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
-    if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"{op}: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+    _check_weight_only_args("w8a8_linear", x, qw, w_scale, bias)
 
 
 def w8a8_linear_reference(x, qw, w_scale, bias) -> Tensor:
