@@ -169,6 +169,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_lstm(const at::Tensor& xg, co
                                                         const c10::optional<at::Tensor>& lengths, bool reverse,
                                                         const MakeWeights& make_weights) {
   const int64_t T = xg.size(0), B = xg.size(1);
+  if (T > 0 && B > 0 && H == 0) {
+    // No hidden units, only a projection's P outputs: every active step gives h = (empty) @ w_hr^T
+    // = 0, so y = 0, and h_n = 0 for a row with at least one active step, else its h0.
+    at::Tensor h_n = at::zeros_like(h0, at::MemoryFormat::Contiguous);
+    if (lengths.has_value()) h_n = at::where(lengths->gt(0).unsqueeze(1), h_n, h0);
+    return {at::zeros({T, B, P}, xg.options()), h_n, c0.clone(at::MemoryFormat::Contiguous)};
+  }
   const bool run = T > 0 && B > 0 && H > 0;
   const CpuIsa isa = active_cpu_isa();
   Weights<GateW, ProjW> wts{};
