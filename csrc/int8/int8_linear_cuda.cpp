@@ -216,13 +216,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x) 
   return {q, scale};
 }
 
-// ---- w8a16_linear -----------------------------------------------------------------------------
-
-at::Tensor w8a16_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
-                             const std::optional<at::Tensor>& bias_opt) {
-  constexpr const char* op = "w8a16_linear";
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  const at::Tensor bias = has_bias ? *bias_opt : at::Tensor();
+// The checks w8a16_linear and w8a8_linear share: x float [M, K], qw int8 [N, K], w_scale float32 [N],
+// bias float [N] or undefined, all on x's CUDA device, sizes within int range.
+void check_weight_only_args(const char* op, const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
+                            const at::Tensor& bias, bool has_bias) {
   // device
   COMPRESS_CHECK(op, x.is_cuda(), "expected `x` on a CUDA device, got ", x.device());
   CHECK_ON_DEVICE_OF(op, qw, x);
@@ -249,6 +246,17 @@ at::Tensor w8a16_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at
                    " elements, got ", bias.size(0));
   COMPRESS_CHECK(op, M <= kIntMax && N <= kIntMax && K <= kIntMax,
                  "sizes must stay below 2^31 - 1024, got x ", x.sizes(), " and qw ", qw.sizes());
+}
+
+// ---- w8a16_linear -----------------------------------------------------------------------------
+
+at::Tensor w8a16_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at::Tensor& w_scale,
+                             const std::optional<at::Tensor>& bias_opt) {
+  constexpr const char* op = "w8a16_linear";
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  const at::Tensor bias = has_bias ? *bias_opt : at::Tensor();
+  check_weight_only_args(op, x, qw, w_scale, bias, has_bias);
+  const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
 
   c10::cuda::CUDAGuard guard(x.device());
   const auto dt = x.scalar_type();
@@ -316,32 +324,8 @@ at::Tensor w8a8_linear_cuda(const at::Tensor& x, const at::Tensor& qw, const at:
   constexpr const char* op = "w8a8_linear";
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
   const at::Tensor bias = has_bias ? *bias_opt : at::Tensor();
-  // device
-  COMPRESS_CHECK(op, x.is_cuda(), "expected `x` on a CUDA device, got ", x.device());
-  CHECK_ON_DEVICE_OF(op, qw, x);
-  CHECK_ON_DEVICE_OF(op, w_scale, x);
-  if (has_bias) CHECK_ON_DEVICE_OF(op, bias, x);
-  // dtype
-  CHECK_FLOAT_DTYPE(op, x);
-  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
-  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
-  if (has_bias) CHECK_FLOAT_DTYPE(op, bias);
-  // dim
-  COMPRESS_CHECK_DIM(op, x, 2);
-  COMPRESS_CHECK_DIM(op, qw, 2);
-  COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (has_bias) COMPRESS_CHECK_DIM(op, bias, 1);
-  // sizes
+  check_weight_only_args(op, x, qw, w_scale, bias, has_bias);
   const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
-  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K,
-                 ", got shape ", py_shape(qw));
-  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N,
-                 " elements, got ", w_scale.size(0));
-  if (has_bias)
-    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N,
-                   " elements, got ", bias.size(0));
-  COMPRESS_CHECK(op, M <= kIntMax && N <= kIntMax && K <= kIntMax,
-                 "sizes must stay below 2^31 - 1024, got x ", x.sizes(), " and qw ", qw.sizes());
 
   const char* env = std::getenv("COMPRESS_W8A8_CUDA_PATH");
   const bool force_fused = env != nullptr && std::strcmp(env, "fused") == 0;
