@@ -32,6 +32,19 @@ def _configs():
     return out
 
 
+@triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program in grouped order: GROUP_M row tiles sweep the N tiles
+    together, so the weight tiles are reused from L2."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_m = min(num_pid_m - first_pid_m, GROUP_M)
+    return first_pid_m + (pid % pids_per_group) % group_m, (pid % pids_per_group) // group_m
+
+
 @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"])
 @triton.jit
 def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, M, N, K, M_BUCKET,
@@ -39,15 +52,7 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, M
                       DEQUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped order: GROUP_M row tiles sweep the N tiles together, so B tiles are reused from L2.
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_m
-    pid_n = (pid % pids_per_group) // group_m
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -142,14 +147,7 @@ def _w8a8_linear_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, M
     so q and the scales are bit-identical to the two-op path), and _int8_gemm_kernel's epilogue.
     Every program of a row block redoes its scales and quantization: cheap next to streaming the
     weight at small M, the case this is for; at large M it costs CUDA-core work per tile."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_m
-    pid_n = (pid % pids_per_group) // group_m
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
