@@ -1,9 +1,11 @@
 // compress::int8_mm on the CPU: exact int8 [M, K] x int8 [K, N] -> int32 [M, N].
 //
 // Three paths, chosen per call by active_cpu_isa():
-//   avx512_vnni  vpdpbusd (u8 x s8, 4 products summed per int32 lane). A is made unsigned with a
-//                +128 offset (xor 0x80) and 128 * colsum(B) is subtracted at the end. All int32
-//                arithmetic wraps, so the result is exact whenever the true product fits int32.
+//   avx512_vnni  vpdpbusd (u8 x s8, 4 products summed per int32 lane). B is made unsigned with a
+//                +128 offset (xor 0x80) as it is packed, and 128 * rowsum(A) is subtracted at the
+//                end (flipping A instead cost one xor per broadcast in the microkernel: measured
+//                3.5% slower at 1024^3). All int32 arithmetic wraps, so the result is exact
+//                whenever the true product fits int32.
 //   avx2         vpmaddwd on sign-extended int16 pairs (exact; vpmaddubsw would saturate).
 //   scalar       plain C++, any CPU.
 // The vector paths are compiled with per-function target attributes: the build has no -march.
@@ -12,10 +14,9 @@
 //   - One work item per thread: a range of N columns (of M rows only when N has fewer panels
 //     than there are threads), so each item packs only its own B and B is read once per call.
 //   - B is packed KC x NC at a time into column panels of NR: [KC / KG][NR][KG], KG = k per
-//     int32 lane (4 for VNNI, 2 for AVX2), zero padded.
+//     int32 lane (4 for VNNI, 2 for AVX2), zero padded (VNNI: + 128, padding included).
 //   - A is walked in blocks of MC rows x KC. The VNNI kernel reads A in place when its rows are
-//     contiguous and K % 4 == 0 (the xor costs one register op per broadcast: measured free);
-//     otherwise the block is first copied (to int16 for AVX2) into a per-thread buffer.
+//     contiguous and K % 4 == 0; otherwise the block is first copied (to int16 for AVX2) into a per-thread buffer.
 //   - The microkernel keeps MR x NR int32 sums in registers over one KC-deep panel of B. VNNI
 //     uses KC = 4096 (a 256 KiB panel, still in L2), so for K <= 4096 C is written once.
 // Small M with k contiguous in B (b = W^T: the nn.Linear weight, as int8_linear passes it) skips
@@ -73,15 +74,16 @@ void pack_a_strided(View a, int64_t rows, int64_t kc, int64_t kcp, T pad, T* out
 struct Vnni {
   static constexpr int MR = 6, NR = 64, KG = 4;
   static constexpr int64_t KC = 4096, NC = 512, MC = 192;
-  using TA = int8_t;  // A stays signed in memory; the kernel flips it to u8
-  using TB = int8_t;
+  using TA = int8_t;
+  using TB = int8_t;  // B + 128 (u8), stored as int8_t
+  static constexpr bool kOffsetB = true;  // the kernel subtracts 128 * rowsum(A)
 
   static bool direct_a(View a, int64_t K) { return a.s1 == 1 && K % 4 == 0; }
 
-  // A[0:rows, 0:kc] -> out[rows][kcp], padded with -128 (0 once the kernel adds 128).
+  // A[0:rows, 0:kc] -> out[rows][kcp], zero padded.
   VNNI_TARGET static void pack_a(View a, int64_t rows, int64_t kc, int64_t kcp, TA* out) {
-    if (a.s1 != 1) return pack_a_strided<TA>(a, rows, kc, kcp, -128, out);
-    const __m512i pad = _mm512_set1_epi8(-128);
+    if (a.s1 != 1) return pack_a_strided<TA>(a, rows, kc, kcp, 0, out);
+    const __m512i pad = _mm512_setzero_si512();
     for (int64_t i = 0; i < rows; ++i, out += kcp)
       for (int64_t k = 0; k < kcp; k += 64) {  // kc > k throughout
         const __mmask64 in = kc - k >= 64 ? ~0ULL : (1ULL << (kc - k)) - 1;
@@ -90,17 +92,34 @@ struct Vnni {
       }
   }
 
-  // Stores one packed vector (16 columns x 4 k) and adds its column sums to cs[0:16].
-  VNNI_TARGET static inline void put(TB* out, int32_t* cs, __m512i v) {
-    _mm512_storeu_si512(out, v);
-    _mm512_storeu_si512(cs, _mm512_dpbusd_epi32(_mm512_loadu_si512(cs), _mm512_set1_epi8(1), v));
+  // out[i] = 128 * sum_k A[i, k] for rows [0, rows) (modulo 2^32, as the sums it corrects).
+  VNNI_TARGET static void row_corr(View a, int64_t rows, int64_t K, int32_t* out) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int8_t* row = a.p + i * a.s0;
+      uint32_t s = 0;
+      if (a.s1 == 1) {
+        __m512i acc = _mm512_setzero_si512();
+        const __m512i ones = _mm512_set1_epi8(1);
+        for (int64_t k = 0; k < K; k += 64) {
+          const __mmask64 in = K - k >= 64 ? ~0ULL : (1ULL << (K - k)) - 1;
+          acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(in, row + k));
+        }
+        s = uint32_t(_mm512_reduce_add_epi32(acc));
+      } else {
+        for (int64_t k = 0; k < K; ++k) s += uint32_t(int32_t(row[k * a.s1]));
+      }
+      out[i] = int32_t(s * 128u);
+    }
   }
 
-  // Packs the block B[k0 : k0 + kc, n0 : n0 + nc] into panels of 64 columns, panel j at
-  // out + j * kcp * 64 as [kcp / 4][64][4] (kcp = kc rounded up to 4; zero padded), and adds
-  // the column sums to colsum[0 : nc rounded up to 64].
-  VNNI_TARGET static void pack_b(View b, int64_t k0, int64_t kc, int64_t n0, int64_t nc, TB* out,
-                                 int32_t* colsum) {
+  // Stores one packed vector (16 columns x 4 k), + 128.
+  VNNI_TARGET static inline void put(TB* out, __m512i v) {
+    _mm512_storeu_si512(out, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
+  }
+
+  // Packs the block B[k0 : k0 + kc, n0 : n0 + nc] + 128 into panels of 64 columns, panel j at
+  // out + j * kcp * 64 as [kcp / 4][64][4] (kcp = kc rounded up to 4; padding 0 + 128).
+  VNNI_TARGET static void pack_b(View b, int64_t k0, int64_t kc, int64_t n0, int64_t nc, TB* out) {
     const int64_t kcp = round_up(kc, 4), panels = ceil_div(nc, 64);
     const __m512i zero = _mm512_setzero_si512();
     if (b.s1 == 1) {
@@ -125,32 +144,24 @@ struct Vnni {
           u[2] = _mm512_unpacklo_epi16(t1, t3), u[3] = _mm512_unpackhi_epi16(t1, t3);
           int8_cpu::transpose_lanes(u, v);
           for (int q = 0; q < 4; ++q)
-            put(out + j * kcp * 64 + k * 64 + 64 * q, colsum + 64 * j + 16 * q, v[q]);
+            put(out + j * kcp * 64 + k * 64 + 64 * q, v[q]);
         }
     } else if (b.s0 == 1) {
       // k contiguous (the transpose of an [N, K] weight): 16 columns x 64 k at a time, a 16 x 16
       // transpose of dwords; one column group walks all of K (measured 5x faster than loading
-      // each column's 4 bytes, or gathering them). The group's column sums stay in 4 registers
-      // (summed through memory by put(), one serial chain, this ran at 8 GB/s in L2; now 30).
-      const __m512i ones = _mm512_set1_epi8(1);
+      // each column's 4 bytes, or gathering them).
       for (int64_t j = 0; j < panels; ++j)
         for (int q = 0; q < 4; ++q) {
           const int64_t n = n0 + 64 * j + 16 * q, cols = std::min<int64_t>(16, nc - (n - n0));
-          __m512i cs[4] = {zero, zero, zero, zero};
           for (int64_t k = 0; k < kcp; k += 64) {  // kc > k throughout
             const __mmask64 mask = kc - k >= 64 ? ~0ULL : (1ULL << (kc - k)) - 1;
             __m512i r[16], v[16];
             for (int c = 0; c < 16; ++c)
               r[c] = c < cols ? _mm512_maskz_loadu_epi8(mask, b.p + k0 + k + (n + c) * b.s1) : zero;
             int8_cpu::transpose_16x16_dwords(r, v);  // v[g]: k group g (4 k) of the 16 columns
-            for (int g = 0; g < 16 && k + 4 * g < kcp; ++g) {
-              _mm512_storeu_si512(out + j * kcp * 64 + (k + 4 * g) * 64 + 64 * q, v[g]);
-              cs[g % 4] = _mm512_dpbusd_epi32(cs[g % 4], ones, v[g]);
-            }
+            for (int g = 0; g < 16 && k + 4 * g < kcp; ++g)
+              put(out + j * kcp * 64 + (k + 4 * g) * 64 + 64 * q, v[g]);
           }
-          int32_t* c = colsum + n - n0;
-          const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(cs[0], cs[1]), _mm512_add_epi32(cs[2], cs[3]));
-          _mm512_storeu_si512(c, _mm512_add_epi32(_mm512_loadu_si512(c), sum));
         }
     } else {  // any other strides: byte by byte
       for (int64_t j = 0; j < panels; ++j)
@@ -160,28 +171,27 @@ struct Vnni {
             for (int t = 0; t < 4 && k + t < kc; ++t)
               tmp[4 * c + t] = b.p[(k0 + k + t) * b.s0 + (n0 + 64 * j + c) * b.s1];
           for (int q = 0; q < 4; ++q)
-            put(out + j * kcp * 64 + k * 64 + 64 * q, colsum + 64 * j + 16 * q,
-                _mm512_load_si512(tmp + 64 * q));
+            put(out + j * kcp * 64 + k * 64 + 64 * q, _mm512_load_si512(tmp + 64 * q));
         }
     }
   }
 
-  // C[0:mr, 0:nr] (row stride ldc) = (accumulate ? C : 0) + A . B - 128 * colsum, the last term
-  // only when colsum != nullptr (the last K block).
-  // A: mr rows (s8, row stride lda), 4 * ksteps bytes of each used; B: one panel [ksteps][64][4].
+  // C[0:mr, 0:nr] (row stride ldc) = (accumulate ? C : 0) + A . (B + 128) - rowcorr[0:mr], the
+  // last term only when rowcorr != nullptr (the last K block; rowcorr = 128 * rowsum(A)).
+  // A: mr rows (s8, row stride lda), 4 * ksteps bytes of each used; B + 128: one panel
+  // [ksteps][64][4] (u8).
   // kFull: mr == MR. Otherwise the k loop skips rows >= mr (measured 2.3x faster for mr = 1, the
   // matrix-vector case; the check costs 3.5% when every row is used, hence two instantiations).
   template <bool kFull>
   VNNI_TARGET static void kernel(const TA* A, int64_t lda, const TB* B, int64_t ksteps, int32_t* C,
                                  int64_t ldc, int mr, int nr, bool accumulate,
-                                 const int32_t* colsum) {
+                                 const int32_t* rowcorr) {
     // The C tile was last touched long ago (or never): fetch it while the k loop runs.
     for (int i = 0; i < mr; ++i)
       for (int q = 0; q < 4 && 16 * q < nr; ++q)
         _mm_prefetch((const char*)(C + i * ldc + 16 * q), _MM_HINT_T0);
     const TA* a[MR];  // rows past mr repeat the last one; their results are dropped
     for (int i = 0; i < MR; ++i) a[i] = A + std::min(i, mr - 1) * lda;
-    const __m512i x80 = _mm512_set1_epi8((char)0x80);
     __m512i acc[MR][4];
     for (int i = 0; i < MR; ++i)
       for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_si512();
@@ -193,11 +203,11 @@ struct Vnni {
         if (!kFull && i >= mr) break;
         int32_t a4;
         std::memcpy(&a4, a[i] + k, 4);
-        const __m512i av = _mm512_xor_si512(_mm512_set1_epi32(a4), x80);  // s8 -> u8 = a + 128
-        acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], av, b0);
-        acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], av, b1);
-        acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], av, b2);
-        acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], av, b3);
+        const __m512i av = _mm512_set1_epi32(a4);
+        acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], b0, av);
+        acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], b1, av);
+        acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], b2, av);
+        acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], b3, av);
       }
     }
     // acc is only ever indexed by constants (a runtime index makes GCC keep it in memory and
@@ -209,11 +219,10 @@ struct Vnni {
       for (int q = 0; q < 4; ++q) _mm512_store_si512(tile[i] + 16 * q, acc[i][q]);
     for (int q = 0; q < 4 && 16 * q < nr; ++q) {
       const __mmask16 m = nr - 16 * q >= 16 ? 0xFFFF : (__mmask16)((1u << (nr - 16 * q)) - 1);
-      const __m512i corr = colsum ? _mm512_slli_epi32(_mm512_loadu_si512(colsum + 16 * q), 7)
-                                  : _mm512_setzero_si512();
       for (int i = 0; i < mr; ++i) {
         int32_t* c = C + i * ldc + 16 * q;
-        __m512i v = _mm512_sub_epi32(_mm512_load_si512(tile[i] + 16 * q), corr);
+        __m512i v = _mm512_load_si512(tile[i] + 16 * q);
+        if (rowcorr) v = _mm512_sub_epi32(v, _mm512_set1_epi32(rowcorr[i]));
         if (accumulate) v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(m, c));
         _mm512_mask_storeu_epi32(c, m, v);
       }
@@ -229,6 +238,7 @@ struct Avx2 {
   static constexpr int64_t KC = 1024, NC = 1024, MC = 192;
   using TA = int16_t;
   using TB = int16_t;
+  static constexpr bool kOffsetB = false;
 
   static bool direct_a(View, int64_t) { return false; }
 
@@ -245,9 +255,8 @@ struct Avx2 {
     }
   }
 
-  // As Vnni::pack_b, into panels of 16 columns [kcp / 2][16][2] of int16; no column sums.
-  AVX2_TARGET static void pack_b(View b, int64_t k0, int64_t kc, int64_t n0, int64_t nc, TB* out,
-                                 int32_t*) {
+  // As Vnni::pack_b, into panels of 16 columns [kcp / 2][16][2] of int16, no offset.
+  AVX2_TARGET static void pack_b(View b, int64_t k0, int64_t kc, int64_t n0, int64_t nc, TB* out) {
     const int64_t kcp = round_up(kc, 4), panels = ceil_div(nc, 16);
     const bool k_outer = b.s1 == 1;  // rows contiguous: read them sequentially
     for (int64_t o = 0; o < (k_outer ? kcp / 2 : panels); ++o)
@@ -332,21 +341,25 @@ void gemm(View a, View b, int64_t M, int64_t N, int64_t K, int32_t* c) {
   parallel_tasks(items_n * items_m, [&](int64_t item) {
     TB* bpack = reinterpret_cast<TB*>(int8_cpu::thread_scratch(0, KC * NC * sizeof(TB)));
     TA* apack = reinterpret_cast<TA*>(int8_cpu::thread_scratch(1, MC * KC * sizeof(TA)));
-    alignas(64) int32_t colsum[NC];
     const int64_t im = item / items_n, in = item % items_n;
     const int64_t m0 = im * mpanels / items_m * MR;
     const int64_t m1 = std::min(M, (im + 1) * mpanels / items_m * MR);
     const int64_t n0 = in * npanels / items_n * NR;
     const int64_t n1 = std::min(N, (in + 1) * npanels / items_n * NR);
+    // The correction for B's + 128 offset (VNNI): 128 * the row sums of this item's rows of A.
+    std::vector<int32_t> rowcorr;
+    if constexpr (P::kOffsetB) {
+      rowcorr.resize(m1 - m0);
+      P::row_corr(View{a.p + m0 * a.s0, a.s0, a.s1}, m1 - m0, K, rowcorr.data());
+    }
     for (int64_t jc = n0; jc < n1; jc += NC) {
       const int64_t nc = std::min(NC, n1 - jc);
-      std::fill(colsum, colsum + NC, 0);
       for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = std::min(KC, K - pc), kcp = round_up(kc, 4);
         // The whole block at once, not panel by panel as the kernels need it: a row-major B is
         // then read in runs of NC bytes per row, not 64 (panel by panel, even with the next panel
         // prefetched during the kernels, measured 2x slower at M = 1, where reading B is the work).
-        P::pack_b(b, pc, kc, jc, nc, bpack, colsum);
+        P::pack_b(b, pc, kc, jc, nc, bpack);
         for (int64_t ic = m0; ic < m1; ic += MC) {
           const int64_t mc = std::min(MC, m1 - ic);
           const TA* ablk = reinterpret_cast<const TA*>(a.p + ic * a.s0 + pc);
@@ -363,7 +376,7 @@ void gemm(View a, View b, int64_t M, int64_t N, int64_t K, int32_t* c) {
               auto kernel = mr == MR ? &P::template kernel<true> : &P::template kernel<false>;
               kernel(ablk + i * lda, lda, bpack + j * kcp * NR, kcp / P::KG,
                      c + (ic + i) * N + jc + j * NR, N, mr, nr, /*accumulate=*/pc > 0,
-                     pc + kc >= K ? colsum + j * NR : nullptr);
+                     pc + kc >= K && P::kOffsetB ? rowcorr.data() + (ic + i - m0) : nullptr);
             }
         }
       }
