@@ -112,20 +112,23 @@ def bench_linear(res, dev, M, N, K, min_s):
     bias = torch.randn(N, device=dev)
     keys = {"M": M, "N": N, "K": K}
     flops = 2 * M * N * K
-    frot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), w.to(fd), bias.to(fd)), 2 * (M * K + N * K), dev)
+    # Every input set has its own copy of the weights too: a model's other layers evict a layer's
+    # weights between its calls, and a shared weight would sit in the CPU's L3 (an int8 4096 x 4096
+    # weight does, its fp32 original does not), flattering the small-M, memory-bound rows.
+    frot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), w.to(fd).clone(), bias.to(fd)),
+                    fd.itemsize * (M * K + N * K), dev)
     dense = {float_baseline(dev): time_ms(frot(F.linear), dev, min_seconds=min_s)}
 
     # int8_linear: the GEMM with its fused epilogue, inputs already quantized
     def make_q():
         q, s = ops.quantize_per_token_reference(torch.randn(M, K, device=dev))
-        return q, s, qw, w_scale, bias, fd
+        return q, s, qw.clone(), w_scale, bias, fd
     qrot = Rotation(make_q, M * K + N * K + 4 * M * N, dev)
     ref = ops.int8_linear_reference(*qrot.first())
     baselines = dict(dense)
-    qwt = qw.t()
 
     def int_mm_dequant(q, s, qw_, ws, b, od):
-        return (torch._int_mm(q, qwt).float() * s[:, None] * ws[None, :] + b).to(od)
+        return (torch._int_mm(q, qw_.t()).float() * s[:, None] * ws[None, :] + b).to(od)
     try:
         int_mm_dequant(*qrot.first())
         baselines["int_mm_dequant"] = time_ms(qrot(int_mm_dequant), dev, min_seconds=min_s)
@@ -135,7 +138,7 @@ def bench_linear(res, dev, M, N, K, min_s):
              {**keys, "dtype": "int8"})
 
     # the whole W8A8 linear: activation quantization + GEMM + epilogue, float in, float out
-    xrot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), qw, w_scale, bias), 2 * M * K + N * K, dev)
+    xrot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), qw.clone(), w_scale, bias), 2 * M * K + N * K, dev)
     x0 = xrot.first()
     q0, s0 = ops.quantize_per_token_reference(x0[0])
     ref = ops.int8_linear_reference(q0, s0, qw, w_scale, bias, fd)
@@ -149,7 +152,7 @@ def bench_linear(res, dev, M, N, K, min_s):
     add_rows(res, "int8_linear", ours, dense, flops, {**keys, "dtype": "int8", "variant": "w8a8_with_act_quant"})
 
     # weight-only int8
-    wrot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), qw, w_scale, bias), 2 * M * K + N * K, dev)
+    wrot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), qw.clone(), w_scale, bias), 2 * M * K + N * K, dev)
     ref = ops.w8a16_linear_reference(*wrot.first())
     add_rows(res, "w8a16_linear", time_ours(dev, "w8a16_linear", wrot, ref, min_s), dense,
              flops, {**keys, "dtype": str(fd).replace("torch.", "")})

@@ -48,9 +48,15 @@ def bench(res, dev, M, N, K, fmt, sparsity, min_s):
     else:
         s = formats.to_bsr(w, (32, 32)) if fmt == "bsr" else formats.to_csr(w)
         extra = (s.crow, s.col, s.values, N, None)
-    rot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), *extra), 4 * M * K, dev)
+    # Each input set has its own copy of the weight (dense or compressed), as in bench_int8: a
+    # shared one would stay in the CPU's L3 between calls, which a layer of a real model does not.
+    def fresh(*ts):
+        return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in ts)
+    sparse_bytes = sum(t.numel() * t.element_size() for t in extra if isinstance(t, torch.Tensor))
+    rot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), *fresh(*extra)),
+                   fd.itemsize * M * K + sparse_bytes, dev)
     ref = F.linear(rot.first()[0].float(), w.float()).to(fd)
-    dense_rot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), w), 4 * M * K + 2 * N * K, dev)
+    dense_rot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), w.clone()), fd.itemsize * (M * K + N * K), dev)
     baselines = {float_baseline(dev): time_ms(dense_rot(F.linear), dev, min_seconds=min_s)}
     try:
         if fmt == "2:4" and dev.type == "cuda":
@@ -59,8 +65,10 @@ def bench(res, dev, M, N, K, fmt, sparsity, min_s):
             baselines["torch_semi_structured"] = time_ms(dense_rot(lambda x, _: F.linear(x, ws)), dev, min_seconds=min_s)
         elif fmt == "csr":
             wc = w.to_sparse_csr()
+            csr_rot = Rotation(lambda: (torch.randn(M, K, device=dev, dtype=fd), wc.clone()),
+                               fd.itemsize * M * K + sparse_bytes, dev)
             name = "cusparse_csr" if dev.type == "cuda" else "torch_sparse_csr"
-            baselines[name] = time_ms(dense_rot(lambda x, _: (wc @ x.t()).t()), dev, min_seconds=min_s)
+            baselines[name] = time_ms(csr_rot(lambda x, wc_: (wc_ @ x.t()).t()), dev, min_seconds=min_s)
     except (RuntimeError, NotImplementedError) as e:
         print(f"  torch's sparse baseline cannot run: {str(e).splitlines()[0]}")
     keys = {"M": M, "N": N, "K": K, "dtype": str(fd).replace("torch.", ""), "format": fmt,
