@@ -30,6 +30,21 @@ inline const char* dtype_name(c10::ScalarType t) {
   }
 }
 
+inline bool is_float(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Python's tuple(t.shape): "(3, 8)", "(3,)", "()".
+inline std::string py_shape(const at::Tensor& t) {
+  std::string s = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(t.size(i));
+  }
+  if (t.dim() == 1) s += ",";
+  return s + ")";
+}
+
 // ----------------------------------------------------------------- undefined (None) tensors
 // torch.ops.compress.<op>(..., None, ...) passes None for a required `Tensor` argument as an
 // undefined tensor (torch's argument parser allows it, before any code of ours), and the

@@ -87,6 +87,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cuda_common.cuh"
 #include "int8_gemm.h"
 #include "int8_gemm_common.cuh"
 
@@ -130,11 +131,7 @@ constexpr int kSmallMaxM = 32;  // M <= this uses SmallConfig
 constexpr int kMinSplitTiles = 4;
 constexpr int kMaxSplits = 64;
 
-// ---- PTX wrappers ---------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+// ---- PTX wrappers (smem_u32, cp_async_commit / wait, ldsm_x4: cuda_common.cuh) ----------------
 
 // 16-byte async copy global -> shared (L2 only, .cg). With `zero_fill` the source is ignored and
 // 16 zero bytes are written (the "ignore-src" predicate operand, PTX ISA 7.5, sm_80); `src` is
@@ -149,24 +146,6 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
       "}\n" ::"r"(dst),
       "l"(gsrc), "r"(static_cast<int>(zero_fill))
       : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Wait until at most N of this thread's committed groups are still pending.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                        uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr)
-               : "memory");
 }
 
 // c += A(16x32, a[0..3]) * B(32x8, b0, b1), s8 x s8 -> s32, exact (no .satfinite: wraps).
@@ -188,6 +167,28 @@ __device__ __forceinline__ uint32_t tile_offset(int r, int c) {
   return static_cast<uint32_t>(r * BK + ((c ^ swz<BK>(r)) << 4));
 }
 
+// Copy assignment of one operand tile ([rows][BK], LOADS 16-byte copies per thread per slice),
+// fixed across K slices: copy j of this thread moves chunk tid % CH of tile row
+// r = (tid + j * kThreads) / CH, i.e. row row0 + r of the operand (row stride ld), from byte k_begin
+// of the CTA's K range on, to dst0 + tile_offset(r, chunk) of a stage. Rows at or past `rows` (M or
+// N) are zero-filled (ok false; src then a valid dummy address).
+template <class Cfg, int LOADS>
+__device__ __forceinline__ void plan_copies(const int8_t* base, int row0, int rows, int64_t ld,
+                                            int k_begin, int tid, uint32_t dst0,
+                                            const int8_t* (&src)[LOADS], uint32_t (&dst)[LOADS],
+                                            bool (&ok)[LOADS]) {
+  constexpr int CH = Cfg::kChunks;
+  const int chunk = tid % CH;
+#pragma unroll
+  for (int j = 0; j < LOADS; ++j) {
+    const int r = (tid + j * Cfg::kThreads) / CH;
+    ok[j] = row0 + r < rows;
+    src[j] = ok[j] ? base + static_cast<int64_t>(row0 + r) * ld + k_begin + chunk * 16 : base;
+    dst[j] = dst0 + tile_offset<Cfg::BK>(r, chunk);
+  }
+}
+
+using namespace cuda_common;  // smem_u32, cp_async_commit / wait, ldsm_x4
 using namespace int8_common;  // epilogues and argument checks: int8_gemm_common.cuh
 
 // ---- the kernel -----------------------------------------------------------------------------
@@ -216,29 +217,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int k_begin = static_cast<int>(blockIdx.z) * k_split;
   const int k_len = min(K - k_begin, k_split);
 
-  // ---- copy assignment, fixed across K slices: copy j of this thread moves chunk `ld_chunk` of
-  // tile row (tid + j * kThreads) / CH. Rows outside M (N) and chunks at k >= k_len are zero-filled.
+  // ---- copy assignment (plan_copies). Chunks at k >= k_len are zero-filled as well.
   const int ld_chunk = tid % CH;
   const int8_t* a_src[Cfg::kLoadsA];
   uint32_t a_dst[Cfg::kLoadsA];
   bool a_ok[Cfg::kLoadsA];
-#pragma unroll
-  for (int j = 0; j < Cfg::kLoadsA; ++j) {
-    const int r = (tid + j * Cfg::kThreads) / CH;
-    a_ok[j] = m0 + r < M;
-    a_src[j] = a_ok[j] ? A + static_cast<int64_t>(m0 + r) * lda + k_begin + ld_chunk * 16 : A;
-    a_dst[j] = tile_offset<BK>(r, ld_chunk);
-  }
+  plan_copies<Cfg>(A, m0, M, lda, k_begin, tid, 0u, a_src, a_dst, a_ok);
   const int8_t* b_src[Cfg::kLoadsB];
   uint32_t b_dst[Cfg::kLoadsB];
   bool b_ok[Cfg::kLoadsB];
-#pragma unroll
-  for (int j = 0; j < Cfg::kLoadsB; ++j) {
-    const int r = (tid + j * Cfg::kThreads) / CH;
-    b_ok[j] = n0 + r < N;
-    b_src[j] = b_ok[j] ? Bt + static_cast<int64_t>(n0 + r) * ldb + k_begin + ld_chunk * 16 : Bt;
-    b_dst[j] = Cfg::kStageBytesA + tile_offset<BK>(r, ld_chunk);
-  }
+  plan_copies<Cfg>(Bt, n0, N, ldb, k_begin, tid, Cfg::kStageBytesA, b_src, b_dst, b_ok);
 
   // Issue the copies of K slice kt (of this CTA's K range) into pipeline stage `stage`.
   auto load_slice = [&](int stage, int kt) {
@@ -279,13 +267,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0;
 
-  // ---- pipeline. Group accounting: the prologue commits STAGES-1 groups (slices 0..STAGES-2,
-  // empty groups past the end), every iteration commits exactly one more (slice kt+STAGES-1, or
-  // empty). At the top of iteration kt, STAGES-1+kt groups are committed; wait_group(STAGES-2)
-  // leaves at most STAGES-2 pending, so groups 0..kt, i.e. slice kt, have landed for this
-  // thread; the barrier makes every thread's copies visible. The barrier also proves all warps
-  // finished computing slice kt-1, whose stage (kt-1) % STAGES == (kt+STAGES-1) % STAGES is the
-  // one refilled right after it.
+  // ---- pipeline over the K slices: cuda_common.cuh cp_async_pipeline's loop (and group
+  // accounting), written out here because the lambda form let nvcc 12 reschedule the Big config's
+  // main loop (same instructions and registers, another order): not worth it unmeasured.
   const int num_kt = (k_len + BK - 1) / BK;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -460,10 +444,8 @@ cudaError_t zero_int32(int32_t* C, int M, int N, int64_t ldc, cudaStream_t strea
 cudaError_t int8_gemm_tn(const int8_t* A, const int8_t* Bt, int32_t* C, int M, int N, int K,
                          int64_t lda, int64_t ldb, int64_t ldc, cudaStream_t stream) {
   bool nothing = false;
-  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  const cudaError_t e = check_int32_gemm(A, Bt, C, M, N, K, lda, ldb, ldc, &nothing);
   if (e != cudaSuccess || nothing) return e;
-  const cudaError_t eo = check_int32_out(C, M, N, ldc);
-  if (eo != cudaSuccess) return eo;
 
   SplitK split;
   cudaError_t es = choose_splitk(M, N, K, &split);
@@ -492,10 +474,9 @@ cudaError_t int8_gemm_tn_dequant(const int8_t* A, const int8_t* Bt, void* out,
                                  int64_t lda, int64_t ldb, int64_t ldo, cudaStream_t stream,
                                  void* workspace, size_t workspace_bytes) {
   bool nothing = false;
-  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  const cudaError_t e = check_dequant_gemm(A, Bt, out, out_dtype, x_scale, w_scale, bias, M, N, K,
+                                           lda, ldb, ldo, &nothing);
   if (e != cudaSuccess || nothing) return e;
-  const cudaError_t eo = check_dequant_out(out, out_dtype, x_scale, w_scale, bias, M, N, ldo);
-  if (eo != cudaSuccess) return eo;
 
   const DequantStore epi{out, x_scale, w_scale, bias, ldo, static_cast<int>(out_dtype)};
   SplitK split;

@@ -36,6 +36,26 @@ struct DequantStore {  // int8_gemm_tn_dequant; see int8_gemm.h for the contract
   int out_dtype;  // Int8OutDtype
 };
 
+// One adjacent pair (col even) of an output row: one Tr::put2 vector store when `vec2` (the row
+// stride and base allow it) and both columns are inside N, else the columns inside N one by one.
+template <class Tr>
+__device__ __forceinline__ void store_pair(typename Tr::T* row, int col, typename Tr::T v0,
+                                           typename Tr::T v1, bool vec2, int N) {
+  if (vec2 && col + 1 < N) {
+    Tr::put2(row + col, v0, v1);
+  } else {
+    if (col < N) row[col] = v0;
+    if (col + 1 < N) row[col + 1] = v1;
+  }
+}
+
+struct Int32Traits {  // store_pair of the int32 epilogue
+  using T = int32_t;
+  static __device__ __forceinline__ void put2(T* p, T a, T b) {
+    *reinterpret_cast<int2*>(p) = make_int2(a, b);
+  }
+};
+
 template <int MT, int NT>
 __device__ __forceinline__ void store_tile(const Int32Store& p, const int32_t (&acc)[MT][NT][4],
                                            int row0, int col0, int lane, int M, int N) {
@@ -57,11 +77,8 @@ __device__ __forceinline__ void store_tile(const Int32Store& p, const int32_t (&
         if (p.atomic_add) {  // uniform over the grid; result unused (ptxas may emit RED)
           if (col < N) atomicAdd(crow + col, v0);
           if (col + 1 < N) atomicAdd(crow + col + 1, v1);
-        } else if (vec2 && col + 1 < N) {
-          *reinterpret_cast<int2*>(crow + col) = make_int2(v0, v1);
         } else {
-          if (col < N) crow[col] = v0;
-          if (col + 1 < N) crow[col + 1] = v1;
+          store_pair<Int32Traits>(crow, col, v0, v1, vec2, N);
         }
       }
     }
@@ -142,12 +159,7 @@ __device__ __forceinline__ void dequant_tile(const DequantStore& p,
         const int col = col0 + ni * 8 + 2 * t;  // even
         const T v0 = Tr::cvt(dequant(acc[mi][ni][2 * h], xs, ws[ni][0], bs[ni][0], has_bias));
         const T v1 = Tr::cvt(dequant(acc[mi][ni][2 * h + 1], xs, ws[ni][1], bs[ni][1], has_bias));
-        if (vec2 && col + 1 < N) {
-          Tr::put2(orow + col, v0, v1);
-        } else {
-          if (col < N) orow[col] = v0;
-          if (col + 1 < N) orow[col + 1] = v1;
-        }
+        store_pair<Tr>(orow, col, v0, v1, vec2, N);
       }
     }
   }
@@ -192,18 +204,26 @@ inline cudaError_t check_gemm_args(const int8_t* A, const int8_t* Bt, int M, int
   return cudaSuccess;
 }
 
-
-// int8_gemm_tn's C: non-null, 4-byte aligned, rows not overlapping.
-inline cudaError_t check_int32_out(const int32_t* C, int M, int N, int64_t ldc) {
+// All of int8_gemm_tn's (and _sm90's) preconditions: check_gemm_args, then C non-null, 4-byte
+// aligned, rows not overlapping. *nothing as in check_gemm_args (C is then not looked at).
+inline cudaError_t check_int32_gemm(const int8_t* A, const int8_t* Bt, const int32_t* C, int M,
+                                    int N, int K, int64_t lda, int64_t ldb, int64_t ldc,
+                                    bool* nothing) {
+  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, nothing);
+  if (e != cudaSuccess || *nothing) return e;
   if (C == nullptr || (reinterpret_cast<uintptr_t>(C) & 3) != 0) return cudaErrorInvalidValue;
   if (M > 1 && ldc < N) return cudaErrorInvalidValue;  // rows of C would overlap
   return cudaSuccess;
 }
 
-// int8_gemm_tn_dequant's out / scales / bias (see int8_gemm.h).
-inline cudaError_t check_dequant_out(const void* out, Int8OutDtype out_dtype, const float* x_scale,
-                                     const float* w_scale, const float* bias, int M, int N,
-                                     int64_t ldo) {
+// All of int8_gemm_tn_dequant's (and _sm90's) preconditions: check_gemm_args, then out / scales /
+// bias (see int8_gemm.h). *nothing as in check_gemm_args (out and the rest are then not looked at).
+inline cudaError_t check_dequant_gemm(const int8_t* A, const int8_t* Bt, const void* out,
+                                      Int8OutDtype out_dtype, const float* x_scale,
+                                      const float* w_scale, const float* bias, int M, int N, int K,
+                                      int64_t lda, int64_t ldb, int64_t ldo, bool* nothing) {
+  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, nothing);
+  if (e != cudaSuccess || *nothing) return e;
   size_t elem = 0;
   switch (out_dtype) {
     case Int8OutDtype::kFloat32: elem = 4; break;

@@ -63,6 +63,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "cuda_common.cuh"  // smem_u32
 #include "int8_gemm.h"
 #include "int8_gemm_common.cuh"
 #include "sm90_common.cuh"
@@ -70,6 +71,7 @@
 namespace compress {
 namespace {
 
+using namespace cuda_common;
 using namespace int8_common;
 using namespace sm90;
 
@@ -89,10 +91,6 @@ static_assert(kTileBytesA % 1024 == 0 && kStageBytes % 1024 == 0, "tiles on 1024
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 constexpr int kNTiles = kBN / 8;  // n8 column groups per wgmma (accumulator fragment)
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // Keeps the compiler from moving accesses to the accumulators across wgmma issue / wait (the
 // registers are written asynchronously between the two).
@@ -309,10 +307,8 @@ bool int8_gemm_sm90_supported(int device) {
 cudaError_t int8_gemm_tn_sm90(const int8_t* A, const int8_t* Bt, int32_t* C, int M, int N, int K,
                               int64_t lda, int64_t ldb, int64_t ldc, cudaStream_t stream) {
   bool nothing = false;
-  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  const cudaError_t e = check_int32_gemm(A, Bt, C, M, N, K, lda, ldb, ldc, &nothing);
   if (e != cudaSuccess || nothing) return e;
-  const cudaError_t eo = check_int32_out(C, M, N, ldc);
-  if (eo != cudaSuccess) return eo;
   if (K == 0) return int8_gemm_tn(A, Bt, C, M, N, K, lda, ldb, ldc, stream);
   return launch_sm90(A, Bt, M, N, K, lda, ldb, Int32Store{C, ldc, false}, stream);
 }
@@ -323,10 +319,9 @@ cudaError_t int8_gemm_tn_dequant_sm90(const int8_t* A, const int8_t* Bt, void* o
                                       int K, int64_t lda, int64_t ldb, int64_t ldo,
                                       cudaStream_t stream) {
   bool nothing = false;
-  const cudaError_t e = check_gemm_args(A, Bt, M, N, K, lda, ldb, &nothing);
+  const cudaError_t e = check_dequant_gemm(A, Bt, out, out_dtype, x_scale, w_scale, bias, M, N, K,
+                                           lda, ldb, ldo, &nothing);
   if (e != cudaSuccess || nothing) return e;
-  const cudaError_t eo = check_dequant_out(out, out_dtype, x_scale, w_scale, bias, M, N, ldo);
-  if (eo != cudaSuccess) return eo;
   if (K == 0)
     return int8_gemm_tn_dequant(A, Bt, out, out_dtype, x_scale, w_scale, bias, M, N, K, lda, ldb,
                                 ldo, stream);

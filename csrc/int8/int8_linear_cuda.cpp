@@ -38,10 +38,6 @@ namespace {
 
 using namespace int8_operands;
 
-bool is_float(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
-}
-
 FloatDtype float_dtype(c10::ScalarType t) {
   return t == at::kBFloat16 ? FloatDtype::kBFloat16
                             : (t == at::kHalf ? FloatDtype::kFloat16 : FloatDtype::kFloat32);
@@ -50,17 +46,6 @@ FloatDtype float_dtype(c10::ScalarType t) {
 Int8OutDtype out_dtype_enum(c10::ScalarType t) {
   return t == at::kBFloat16 ? Int8OutDtype::kBFloat16
                             : (t == at::kHalf ? Int8OutDtype::kFloat16 : Int8OutDtype::kFloat32);
-}
-
-// Python's tuple(t.shape): "(3, 8)", "(3,)", "()".
-std::string py_shape(const at::Tensor& t) {
-  std::string s = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(t.size(i));
-  }
-  if (t.dim() == 1) s += ",";
-  return s + ")";
 }
 
 #define CHECK_FLOAT_DTYPE(op, t)                                                           \

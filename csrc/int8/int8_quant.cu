@@ -59,7 +59,7 @@
 namespace compress {
 namespace {
 
-using namespace int8_device;  // Elem, nan_max, quant1, pack4, ld_stream16, ReduceScatter
+using namespace int8_device;  // Elem, quant1, pack4, ReduceScatter, ...; elem_size, misaligned
 
 // ================================ quantize_per_token ==========================================
 
@@ -297,15 +297,6 @@ __global__ void __launch_bounds__(kGThreads, 4)
 
 // ================================== launchers =================================================
 
-size_t elem_size(FloatDtype d) {
-  switch (d) {
-    case FloatDtype::kFloat32: return 4;
-    case FloatDtype::kBFloat16:
-    case FloatDtype::kFloat16: return 2;
-  }
-  return 0;
-}
-
 template <int DT>
 cudaError_t launch_quantize(const void* x, int64_t R, int K, int64_t ldx, int8_t* q, float* scale,
                             cudaStream_t stream) {
@@ -346,8 +337,6 @@ cudaError_t launch_gemv_for_m(const void* x, int64_t ldx, const int8_t* qw, int6
   if (M <= 4) return launch_gemv<DT, 4>(x, ldx, qw, ldw, w_scale, bias, out, ldo, M, N, K, stream);
   return launch_gemv<DT, kW8A16MaxM>(x, ldx, qw, ldw, w_scale, bias, out, ldo, M, N, K, stream);
 }
-
-bool misaligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a != 0; }
 
 }  // namespace
 

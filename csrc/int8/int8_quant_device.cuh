@@ -1,7 +1,8 @@
 // Device helpers shared by the int8 activation kernels: int8_quant.cu (quantize_per_token, the
 // w8a16 GEMV) and int8_w8a8.cu (the fused w8a8 GEMV), so that both quantize x with the very same
-// float32 operations (bit-identical q and scales) and read weights the same way. CUDA headers only
-// (no torch); everything is inline / templated, in namespace compress::int8_device.
+// float32 operations (bit-identical q and scales) and read weights the same way; plus the two host
+// helpers of their argument checks. CUDA headers only (no torch); everything is inline /
+// templated, in namespace compress::int8_device.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -145,6 +146,20 @@ struct ReduceScatter {
     }
   }
 };
+
+// ---- host: argument checks of the entry points ----------------------------------------------
+
+// Bytes per element of x / out; 0 for a value outside FloatDtype.
+inline size_t elem_size(FloatDtype d) {
+  switch (d) {
+    case FloatDtype::kFloat32: return 4;
+    case FloatDtype::kBFloat16:
+    case FloatDtype::kFloat16: return 2;
+  }
+  return 0;
+}
+
+inline bool misaligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a != 0; }
 
 }  // namespace int8_device
 }  // namespace compress

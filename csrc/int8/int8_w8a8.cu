@@ -168,17 +168,6 @@ int64_t smem_bytes(int64_t M, int64_t K) {
   return M * ((K + kSpanK - 1) / kSpanK * kSpanK) + kScaleBytes;
 }
 
-size_t elem_size(FloatDtype d) {
-  switch (d) {
-    case FloatDtype::kFloat32: return 4;
-    case FloatDtype::kBFloat16:
-    case FloatDtype::kFloat16: return 2;
-  }
-  return 0;
-}
-
-bool misaligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a != 0; }
-
 template <int DT, int MAXM>
 cudaError_t launch(const void* x, int64_t ldx, const int8_t* qw, int64_t ldw, const float* w_scale,
                    const float* bias, void* out, int64_t ldo, int M, int N, int K,

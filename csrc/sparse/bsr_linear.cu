@@ -12,8 +12,8 @@
 //   rows n; B = x^T, columns m), float32 accumulators.
 //   Pipeline over blocks: a stage holds one block ([BN][bk] values, contiguous in global memory)
 //   and the matching x tile ([64][bk] at columns col[j]*bk ..), 16-byte cp.async.cg, 4 stages
-//   (commit per block, wait_group 2 before use: the group accounting of int8_gemm.cu, one block
-//   per "slice"). x rows >= M and columns >= K (edge blocks, or a col entry outside the matrix)
+//   (commit per block, wait_group 2 before use: cuda_common.cuh cp_async_pipeline, one block
+//   per tile). x rows >= M and columns >= K (edge blocks, or a col entry outside the matrix)
 //   are zero-filled, so they add nothing (the format zero-pads edge blocks).
 //   Shared layout: both tiles use 128-byte rows (the widest bk = 64) whatever bk is; 16-byte
 //   chunk c of row r sits at r*128 + 16*(c ^ (r & 7)) -- 8 consecutive rows at one logical chunk
@@ -160,21 +160,9 @@ __global__ void __launch_bounds__(128) bsr_mma_kernel(const BsrArgs p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[ni][e] = 0.f;
 
-#pragma unroll
-  for (int st = 0; st < STAGES - 1; ++st) {
-    if (st < nb) load_block(st, st);
-    cp_async_commit();
-  }
-  for (int i = 0; i < nb; ++i) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    {
-      const int next = i + STAGES - 1;
-      if (next < nb) load_block(next % STAGES, next);
-      cp_async_commit();
-    }
-    if (pairs_active == 0) continue;
-    const uint32_t s = smem_base + (i % STAGES) * Cfg::kStageBytes;
+  cp_async_pipeline<STAGES>(nb, load_block, [&](int stage) {
+    if (pairs_active == 0) return;
+    const uint32_t s = smem_base + stage * Cfg::kStageBytes;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if (kk < ksteps) {
@@ -192,8 +180,7 @@ __global__ void __launch_bounds__(128) bsr_mma_kernel(const BsrArgs p) {
         }
       }
     }
-  }
-  cp_async_wait<0>();
+  });
   __syncthreads();
 
   float* red = reinterpret_cast<float*>(smem);

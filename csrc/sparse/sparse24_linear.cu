@@ -268,28 +268,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
 
-  // ---- pipeline (the group accounting of int8_gemm.cu): the prologue commits STAGES-1 groups,
-  // every iteration one more; wait_group(STAGES-2) at the top of iteration kt retires slice kt
-  // for this thread, the barrier for all threads, and also proves that every warp finished slice
-  // kt-1, whose stage is the one refilled right after it.
+  // ---- pipeline over the K slices (cuda_common.cuh cp_async_pipeline: the group accounting)
   const int num_kt = (K + BK - 1) / BK;
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_kt) load_slice(s, s);
-    cp_async_commit();
-  }
+  cp_async_pipeline<STAGES>(num_kt, load_slice, [&](int stage) {
+    if (nt_active == 0) return;
 
-  for (int kt = 0; kt < num_kt; ++kt) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    {
-      const int next = kt + STAGES - 1;
-      if (next < num_kt) load_slice(next % STAGES, next);
-      cp_async_commit();
-    }
-    if (nt_active == 0) continue;
-
-    const uint32_t s = smem_base + (kt % STAGES) * Cfg::kStageBytes;
+    const uint32_t s = smem_base + stage * Cfg::kStageBytes;
 #pragma unroll
     for (int kq = 0; kq < Cfg::kKStepsPerWarp; ++kq) {
       const int ks = kq * Cfg::WK + wk;
@@ -313,9 +297,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         }
       }
     }
-  }
-  cp_async_wait<0>();  // only empty groups can remain; drain them before smem is reused
-  __syncthreads();
+  });
+  __syncthreads();  // every warp is done with the pipeline's smem before it becomes `red`
 
   // ---- epilogue: partial tiles -> smem -> (sum of the WK parts + bias) -> out
   float* red = reinterpret_cast<float*>(smem) + wk * Cfg::BM * Cfg::kRedLd;

@@ -1,6 +1,8 @@
 // Device helpers shared by the sparse linear kernels (sparse24_linear.cu, bsr_linear.cu,
-// csr_linear.cu): element types, PTX wrappers (cp.async, ldmatrix), the warp reduce-scatter and
-// the shared-memory epilogue of the tensor-core kernels. CUDA headers only (no torch).
+// csr_linear.cu): element types, PTX wrappers (the src-size zero-filling cp.async, ld.shared; the
+// generic cp.async / ldmatrix ones and the pipeline loop come from cuda_common.cuh), the warp
+// reduce-scatter and the shared-memory epilogue of the tensor-core kernels. CUDA headers only (no
+// torch).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,10 +11,13 @@
 
 #include <cstdint>
 
+#include "cuda_common.cuh"  // smem_u32, cp_async_commit / wait, ldsm_x4, cp_async_pipeline
 #include "sparse/sparse_linear_cuda.h"
 
 namespace compress {
 namespace sparse_detail {
+
+using namespace cuda_common;
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kF32 = static_cast<int>(SparseDtype::kFloat32);
@@ -48,10 +53,6 @@ struct Elem<kF16> {
 
 // ---- PTX wrappers ---------------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // 16-byte async copy global -> shared (.cg: L2 only). With `zero_fill` the source is not read
 // (src-size 0, PTX ISA "cp.async": the remaining bytes of the 16 are zero-filled); `src` is then
 // still a valid dummy address.
@@ -60,26 +61,6 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
   const int src_bytes = zero_fill ? 0 : 16;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gsrc),
                "r"(src_bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Wait until at most N of this thread's committed groups are still pending.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8q..8q+7 give the 8 row addresses (16 bytes
-// each) of matrix q; register q of lane L receives row L/4 of matrix q, b16 elements 2(L%4) and
-// 2(L%4)+1 (the lower address in the low half).
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
                : "memory");
 }
 

@@ -48,24 +48,9 @@ namespace {
 // Kernels index rows / columns in int with some headroom.
 constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max() - 1024;
 
-bool is_float(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
-}
-
 SparseDtype sparse_dtype(c10::ScalarType t) {
   return t == at::kBFloat16 ? SparseDtype::kBFloat16
                             : (t == at::kHalf ? SparseDtype::kFloat16 : SparseDtype::kFloat32);
-}
-
-// Python's tuple(t.shape): "(3, 8)", "(3,)", "()".
-std::string py_shape(const at::Tensor& t) {
-  std::string s = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(t.size(i));
-  }
-  if (t.dim() == 1) s += ",";
-  return s + ")";
 }
 
 // compress/ops/int8.py _check_tensor(op, name, t, dtypes, dim) with dtypes = _FLOAT_DTYPES ...
