@@ -119,6 +119,30 @@ def test_packed_unbatched_and_zero_states(family, kind):
     assert torch.equal(out.batch_sizes, packed.batch_sizes) and torch.equal(out.sorted_indices, packed.sorted_indices)
 
 
+@pytest.mark.parametrize("family", ["fused", "int8", "sparse"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_empty_input_multi_layer(family, kind, bidirectional):
+    """An empty batch gives torch's empty outputs; an empty sequence (torch raises) gives an empty
+    output and h_n = h_0, as the ops do for T = 0."""
+    kw = dict(num_layers=2, bidirectional=bidirectional)
+    if family == "fused":
+        torch.manual_seed(0)
+        ref = TORCH[kind](5, 8, **kw)
+        m = {"LSTM": FusedLSTM, "GRU": FusedGRU}[kind].from_torch(ref)
+    else:
+        m, ref, _ = make(family, kind, **kw)
+    L = 2 * (2 if bidirectional else 1)
+    with torch.no_grad():
+        x = torch.randn(4, 0, 5)
+        for i, (a, b) in enumerate(zip(_flat(m(x)), _flat(ref(x)))):
+            assert a.shape == b.shape, f"{family} {kind} B=0: output {i} {tuple(a.shape)} != {tuple(b.shape)}"
+        hx = _states(kind, L, 3, 8, 8)
+        y, *h_n = _flat(m(torch.randn(0, 3, 5), hx))
+        assert y.shape == (0, 3, 8 * L // 2)
+        for a, b in zip(h_n, [hx] if kind == "GRU" else hx):
+            assert torch.equal(a, b)
+
 @pytest.mark.parametrize("family", ["int8", "sparse"])
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
 @pytest.mark.parametrize("bias", [True, False])

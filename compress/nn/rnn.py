@@ -87,6 +87,8 @@ def _copy_weights(new: nn.Module, m: nn.Module) -> nn.Module:
 
 
 class _FusedRNNBase(_DenseWeights, nn.Module):
+    """The multi-layer LSTM / GRU modules. Beyond torch's: an empty sequence (T = 0, which torch
+    rejects) gives an empty output and h_n = h_0."""
     _mode = ""  # "LSTM" or "GRU"
     _gates = 0
 
@@ -235,7 +237,7 @@ class FusedLSTM(_FusedRNNBase):
         sfx = "_reverse" if d else ""
         T, B = x.shape[:2]
         b = (getattr(self, f"bias_ih_l{layer}{sfx}") + getattr(self, f"bias_hh_l{layer}{sfx}")) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b).view(T, B, -1)
+        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b).unflatten(0, (T, B))
         w_hr = getattr(self, f"weight_hr_l{layer}{sfx}") if self.proj_size else None
         return ops.lstm_layer(xg, state[0], state[1], getattr(self, f"weight_hh_l{layer}{sfx}"), w_hr, lengths,
                               bool(d))
@@ -256,7 +258,7 @@ class FusedGRU(_FusedRNNBase):
         T, B = x.shape[:2]
         b_ih = getattr(self, f"bias_ih_l{layer}{sfx}") if self.bias else None
         b_hh = getattr(self, f"bias_hh_l{layer}{sfx}") if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b_ih).view(T, B, -1)
+        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b_ih).unflatten(0, (T, B))
         return ops.gru_layer(xg, state[0], getattr(self, f"weight_hh_l{layer}{sfx}"), b_hh, lengths, bool(d))
 
 
@@ -435,7 +437,7 @@ class Int8LSTM(_Int8Weights, _FusedRNNBase):
         T, B = x.shape[:2]
         b = (getattr(self, "bias_ih" + sfx).float() + getattr(self, "bias_hh" + sfx).float()) if self.bias else None
         xg = ops.w8a16_linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx),
-                              getattr(self, f"weight_ih{sfx}_scale"), b).view(T, B, -1)
+                              getattr(self, f"weight_ih{sfx}_scale"), b).unflatten(0, (T, B))
         hr = ((getattr(self, "weight_hr" + sfx), getattr(self, f"weight_hr{sfx}_scale")) if self.proj_size
               else (None, None))
         return ops.lstm_layer_w8(xg, state[0], state[1], getattr(self, "weight_hh" + sfx),
@@ -457,7 +459,7 @@ class Int8GRU(_Int8Weights, _FusedRNNBase):
         T, B = x.shape[:2]
         b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
         xg = ops.w8a16_linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx),
-                              getattr(self, f"weight_ih{sfx}_scale"), b_ih).view(T, B, -1)
+                              getattr(self, f"weight_ih{sfx}_scale"), b_ih).unflatten(0, (T, B))
         return ops.gru_layer_w8(xg, state[0], getattr(self, "weight_hh" + sfx), getattr(self, f"weight_hh{sfx}_scale"),
                                 self._bias("bias_hh" + sfx, x), lengths, bool(d))
 
@@ -592,7 +594,7 @@ class SparseLSTM(_BSRRecurrentWeights, _FusedRNNBase):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         T, B = x.shape[:2]
         b = (getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx)) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b).view(T, B, -1)
+        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b).unflatten(0, (T, B))
         w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size else None
         return ops.lstm_layer_bsr(xg, state[0], state[1], *self._bsr("weight_hh" + sfx), w_hr, lengths, bool(d))
 
@@ -614,7 +616,7 @@ class SparseGRU(_BSRRecurrentWeights, _FusedRNNBase):
         T, B = x.shape[:2]
         b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
         b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b_ih).view(T, B, -1)
+        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b_ih).unflatten(0, (T, B))
         return ops.gru_layer_bsr(xg, state[0], *self._bsr("weight_hh" + sfx), b_hh, lengths, bool(d))
 
 
