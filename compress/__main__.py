@@ -6,9 +6,14 @@ import sys
 BENCHES = ("int8", "sparse", "rnn")
 
 
-def bench(names, extra) -> int:
-    """Run benchmarks/bench_<name>.py of the source checkout (benchmarks/ is not installed)."""
-    from compress.benchmark import REPO
+def bench(names, extra, runs: int = 1, out: str | None = None) -> int:
+    """Run benchmarks/bench_<name>.py of the source checkout (benchmarks/ is not installed), `runs`
+    times each; several runs are merged row by row (compress.benchmark.merge_runs) into one file."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from compress.benchmark import REPO, merge_runs
     code = 0
     for name in BENCHES if "all" in names else names:
         script = REPO / "benchmarks" / f"bench_{name}.py"
@@ -16,8 +21,24 @@ def bench(names, extra) -> int:
             print(f"bench {name}: {script} not found; the benchmarks run from a source checkout of compress",
                   file=sys.stderr)
             return 2
-        print(f"== {script.relative_to(REPO)} {' '.join(extra)}", flush=True)
-        code = subprocess.call([sys.executable, str(script), *extra]) or code
+        if runs == 1:
+            print(f"== {script.relative_to(REPO)} {' '.join(extra)}", flush=True)
+            code = subprocess.call([sys.executable, str(script), *extra, *(["--out", out] if out else [])]) or code
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(runs):
+                d = Path(tmp) / str(i)
+                print(f"== {script.relative_to(REPO)} {' '.join(extra)} (run {i + 1} of {runs})", flush=True)
+                rc = subprocess.call([sys.executable, str(script), *extra, "--out", str(d)])
+                if rc:
+                    return rc
+            files = [sorted((Path(tmp) / str(i)).glob("*.json")) for i in range(runs)]
+            for group in zip(*files):
+                merged = merge_runs([json.loads(f.read_text()) for f in group])
+                dest = Path(out or REPO / "benchmarks" / "results") / group[0].name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(json.dumps(merged, indent=1) + "\n")
+                print(f"wrote {dest} (median of {runs} runs)")
     return code
 
 
@@ -32,6 +53,9 @@ def main(argv=None):
     bp.add_argument("--quick", action="store_true", help="a few shapes only")
     bp.add_argument("--device", choices=["cpu", "cuda"])
     bp.add_argument("--out", help="results directory (default benchmarks/results/)")
+    bp.add_argument("--runs", type=int, default=1,
+                    help="run each benchmark this many times and keep, per row, the run with the median "
+                         "speed-up (for a shared or noisy machine)")
     rp = sub.add_parser("report", help="results JSON -> Markdown table + PNG plot")
     rp.add_argument("files", nargs="+")
     rp.add_argument("--out", help="output directory (default: beside each file)")
@@ -46,9 +70,10 @@ def main(argv=None):
         from compress import info
         print(info.render(info.collect()))
     elif a.cmd == "bench":
-        extra = (["--quick"] if a.quick else []) + (["--device", a.device] if a.device else []) + \
-            (["--out", a.out] if a.out else [])
-        sys.exit(bench(a.names, extra))
+        if a.runs < 1:
+            p.error(f"--runs: expected a positive number of runs, got {a.runs}")
+        extra = (["--quick"] if a.quick else []) + (["--device", a.device] if a.device else [])
+        sys.exit(bench(a.names, extra, a.runs, a.out))
     elif a.cmd == "report":
         from compress.benchmark import report, update_readme
         for path in report(a.files, a.out):

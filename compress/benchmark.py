@@ -169,6 +169,38 @@ class Results:
         return path
 
 
+# Measured values of a row; every other field says what the row is and must agree between runs.
+_MEASURED = ("ms", "baseline_ms", "speedup", "p20", "p80", "tops", "tflops", "max_rel_err")
+
+
+def merge_runs(runs: Sequence[dict]) -> dict:
+    """One results dict from several runs of the same benchmark: each row is taken from the run
+    with the median speed-up (the lower one of an even count; ours and its baseline are timed back to back within a run, so their
+    ratio survives a slow phase of a shared machine better than either time), max_rel_err is the
+    largest of all runs. Rows are matched by position and must describe the same measurement."""
+    if not runs:
+        raise ValueError("merge_runs: expected at least one run, got none")
+    first = runs[0]
+    for i, r in enumerate(runs[1:], 1):
+        if len(r["rows"]) != len(first["rows"]) or r["device"] != first["device"]:
+            raise ValueError(f"merge_runs: run {i} has {len(r['rows'])} rows on {r['device']!r}, run 0 "
+                             f"{len(first['rows'])} on {first['device']!r}: not runs of one benchmark")
+    rows = []
+    for j, group in enumerate(zip(*(r["rows"] for r in runs))):
+        keys = [{k: v for k, v in row.items() if k not in _MEASURED} for row in group]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"merge_runs: row {j} differs between runs ({keys[0]} vs "
+                             f"{next(k for k in keys if k != keys[0])})")
+        ranked = sorted(group, key=lambda row: row.get("speedup") or 0.0)
+        row = dict(ranked[(len(ranked) - 1) // 2])
+        errs = [row_["max_rel_err"] for row_ in group if row_.get("max_rel_err") is not None]
+        if errs:
+            row["max_rel_err"] = max(errs)
+        rows.append(row)
+    return {**first, "timing": f"{first['timing']}; each row from the median (by speed-up) of {len(runs)} runs",
+            "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------------
 # Report: results JSON -> Markdown table + PNG plot
 

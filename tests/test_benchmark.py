@@ -35,6 +35,31 @@ def test_results_file(tmp_path):
     assert results["rows"][0]["M"] == 3
 
 
+def _run(speedups, errs, **keys):
+    r = benchmark.Results("int8", torch.device("cpu"))
+    for i, (sp, err) in enumerate(zip(speedups, errs)):
+        r.add(bench="int8_mm", impl="ours_cpu", baseline="int_mm_cpu", M=i + 1, N=5, K=7, dtype="int8",
+              ms=1.0 + i, baseline_ms=(1.0 + i) * sp, max_rel_err=err, **keys)
+    return r.to_dict()
+
+
+def test_merge_runs_takes_the_median_run_per_row():
+    runs = [_run([1.0, 3.0], [0.0, 1e-3]), _run([2.0, 1.0], [2e-3, 0.0]), _run([3.0, 2.0], [0.0, 0.0])]
+    merged = benchmark.merge_runs(runs)
+    check_schema(merged)
+    assert [r["speedup"] for r in merged["rows"]] == [2.0, 2.0]
+    for r in merged["rows"]:  # ms, baseline_ms and speedup come from one run: they agree
+        assert r["speedup"] == pytest.approx(r["baseline_ms"] / r["ms"])
+    assert [r["max_rel_err"] for r in merged["rows"]] == [2e-3, 1e-3]
+    assert "median (by speed-up) of 3 runs" in merged["timing"]
+    with pytest.raises(ValueError, match="row 0 differs between runs"):
+        benchmark.merge_runs([_run([1.0], [0.0]), _run([1.0], [0.0], variant="other")])
+    with pytest.raises(ValueError, match="run 1 has 1 rows"):
+        benchmark.merge_runs([_run([1.0, 2.0], [0.0, 0.0]), _run([1.0], [0.0])])
+    with pytest.raises(ValueError, match="at least one run"):
+        benchmark.merge_runs([])
+
+
 def test_report_makes_table_and_plot(tmp_path):
     r = benchmark.Results("int8", torch.device("cpu"))
     r.add(bench="int8_mm", impl="ours_cpu", baseline="int_mm_cpu", M=3, N=5, K=7, ms=2.0, baseline_ms=3.0)
