@@ -175,6 +175,7 @@ def main(argv=None):
     p.add_argument("--only", choices=["int8_mm", "linear", "quantize"], action="append")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     a = p.parse_args(argv)
+    torch.manual_seed(0)  # the same inputs (and sparsity patterns) in every run: runs can be merged
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     only = set(a.only or ["int8_mm", "linear", "quantize"])

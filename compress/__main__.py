@@ -10,6 +10,7 @@ def bench(names, extra, runs: int = 1, out: str | None = None) -> int:
     """Run benchmarks/bench_<name>.py of the source checkout (benchmarks/ is not installed), `runs`
     times each; several runs are merged row by row (compress.benchmark.merge_runs) into one file."""
     import json
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -25,20 +26,24 @@ def bench(names, extra, runs: int = 1, out: str | None = None) -> int:
             print(f"== {script.relative_to(REPO)} {' '.join(extra)}", flush=True)
             code = subprocess.call([sys.executable, str(script), *extra, *(["--out", out] if out else [])]) or code
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            for i in range(runs):
-                d = Path(tmp) / str(i)
-                print(f"== {script.relative_to(REPO)} {' '.join(extra)} (run {i + 1} of {runs})", flush=True)
-                rc = subprocess.call([sys.executable, str(script), *extra, "--out", str(d)])
-                if rc:
-                    return rc
-            files = [sorted((Path(tmp) / str(i)).glob("*.json")) for i in range(runs)]
-            for group in zip(*files):
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))  # kept if the runs cannot be merged
+        for i in range(runs):
+            print(f"== {script.relative_to(REPO)} {' '.join(extra)} (run {i + 1} of {runs})", flush=True)
+            rc = subprocess.call([sys.executable, str(script), *extra, "--out", str(tmp / str(i))])
+            if rc:
+                return rc
+        files = [sorted((tmp / str(i)).glob("*.json")) for i in range(runs)]
+        for group in zip(*files):
+            try:
                 merged = merge_runs([json.loads(f.read_text()) for f in group])
-                dest = Path(out or REPO / "benchmarks" / "results") / group[0].name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(json.dumps(merged, indent=1) + "\n")
-                print(f"wrote {dest} (median of {runs} runs)")
+            except ValueError as e:
+                print(f"bench {name}: {e}; the runs are kept in {tmp}", file=sys.stderr)
+                return 1
+            dest = Path(out or REPO / "benchmarks" / "results") / group[0].name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(merged, indent=1) + "\n")
+            print(f"wrote {dest} (median of {runs} runs)")
+        shutil.rmtree(tmp)
     return code
 
 
