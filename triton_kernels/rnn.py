@@ -94,6 +94,79 @@ def _active(len_ptr, t, offs_b, mask_b, HAS_LEN: tl.constexpr):
         return (offs_b >= 0)[:, None]
 
 
+# Helpers shared by the step kernels (inlined by Triton: they cost nothing at run time).
+
+@triton.jit
+def _tile(B, U, BLOCK_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_U: tl.constexpr):
+    """The program's tile of a [B, U] state, grid (cdiv(B, BLOCK_B), cdiv(U, ROWS)): batch rows
+    offs_b (mask_b) and units offs_u = u0 + [0, BLOCK_U), of which the first ROWS are its own
+    (mask_u). Returns (offs_b, mask_b, u0, offs_u, mask_u, mask), mask [BLOCK_B, BLOCK_U]."""
+    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    u0 = tl.program_id(1) * ROWS
+    offs_u = u0 + tl.arange(0, BLOCK_U)
+    mask_u = offs_u < U
+    if ROWS < BLOCK_U:  # "bsr" with bn not a power of 2: the tile's last columns are the next program's
+        mask_u = (tl.arange(0, BLOCK_U) < ROWS) & mask_u
+    return offs_b, mask_b, u0, offs_u, mask_u, mask_b[:, None] & mask_u[None, :]
+
+
+@triton.jit
+def _at(ptr, t, B, W, offs_b, offs_u, GATES: tl.constexpr = 1):
+    """Pointers to the tile's elements in step t of a row-major [T, B, GATES * W] tensor: with
+    GATES > 1, those of gate 0 (gate k's are k * W further)."""
+    return ptr + (t * B + offs_b[:, None]) * GATES * W + offs_u[None, :]
+
+
+@triton.jit
+def _load_gates(p, H, mask, GATES: tl.constexpr):
+    """The blocks of GATES (3 or 4) gates at p, p + H, ... (0 where masked)."""
+    g0 = tl.load(p, mask=mask, other=0.0)
+    g1 = tl.load(p + H, mask=mask, other=0.0)
+    g2 = tl.load(p + 2 * H, mask=mask, other=0.0)
+    if GATES == 4:
+        return g0, g1, g2, tl.load(p + 3 * H, mask=mask, other=0.0)
+    else:
+        return g0, g1, g2
+
+
+@triton.jit
+def _store_gates(p, H, mask, g0, g1, g2, g3=None):
+    """Stores 3 gate blocks (4 with g3) at p, p + H, ..."""
+    tl.store(p, g0, mask=mask)
+    tl.store(p + H, g1, mask=mask)
+    tl.store(p + 2 * H, g2, mask=mask)
+    if g3 is not None:
+        tl.store(p + 3 * H, g3, mask=mask)
+
+
+@triton.jit
+def _recurrent_gates(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_u, h_ptr, offs_b, mask_b, H, K, GATES: tl.constexpr,
+                     WEIGHT: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr,
+                     BLOCK_U: tl.constexpr, BLOCK_K: tl.constexpr):
+    """h @ w^T (_rows_matvec, h [B, K]) for the program's units u0 + [0, BLOCK_U) of each of GATES
+    (3 or 4) gates: weight rows k * H + u0 + [0, BLOCK_U) for gate k."""
+    a0 = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_u, h_ptr, offs_b, mask_b, K, WEIGHT, ROWS, BK,
+                      NB, BLOCK_U, BLOCK_K)
+    a1 = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, H + u0, mask_u, h_ptr, offs_b, mask_b, K, WEIGHT, ROWS, BK,
+                      NB, BLOCK_U, BLOCK_K)
+    a2 = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, 2 * H + u0, mask_u, h_ptr, offs_b, mask_b, K, WEIGHT, ROWS,
+                      BK, NB, BLOCK_U, BLOCK_K)
+    if GATES == 4:
+        return a0, a1, a2, _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, 3 * H + u0, mask_u, h_ptr, offs_b, mask_b,
+                                        K, WEIGHT, ROWS, BK, NB, BLOCK_U, BLOCK_K)
+    else:
+        return a0, a1, a2
+
+
+@triton.jit
+def _store_h(h_out, y, h_new, h_old, active, mask):
+    """A step's new state at the pointers h_out and its output at y (those of y[t]): h_new on active
+    rows; on the others h_old (the state before the step) and 0."""
+    tl.store(h_out, tl.where(active, h_new, h_old), mask=mask)
+    tl.store(y, tl.where(active, h_new, 0.0), mask=mask)
+
+
 @triton.jit
 def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, hh_ptr,
                       y_ptr, act_ptr, t, B, H, P, WEIGHT: tl.constexpr, HAS_LEN: tl.constexpr,
@@ -102,25 +175,14 @@ def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c
     # grid (cdiv(B, BLOCK_B), cdiv(H, ROWS)): BLOCK_B batch rows x ROWS hidden units, every gate.
     # c_out may be c (updated in place: each element has one owner program). SAVE (the backward's
     # recompute): also store the activated gates i, f, g, o at act[t] ([T, B, 4H] like xg).
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    u0 = tl.program_id(1) * ROWS
-    offs_h = u0 + tl.arange(0, BLOCK_H)
-    mask_h = (tl.arange(0, BLOCK_H) < ROWS) & (offs_h < H)
-    mask = mask_b[:, None] & mask_h[None, :]
-    gi = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_h, h_ptr, offs_b, mask_b, P, WEIGHT, ROWS, BK,
-                      NB, BLOCK_H, BLOCK_K)
-    gf = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, H + u0, mask_h, h_ptr, offs_b, mask_b, P, WEIGHT, ROWS, BK,
-                      NB, BLOCK_H, BLOCK_K)
-    gg = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, 2 * H + u0, mask_h, h_ptr, offs_b, mask_b, P, WEIGHT, ROWS,
-                      BK, NB, BLOCK_H, BLOCK_K)
-    go = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, 3 * H + u0, mask_h, h_ptr, offs_b, mask_b, P, WEIGHT, ROWS,
-                      BK, NB, BLOCK_H, BLOCK_K)
-    x = xg_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-    i = _sigmoid(gi + tl.load(x, mask=mask, other=0.0))
-    f = _sigmoid(gf + tl.load(x + H, mask=mask, other=0.0))
-    g = _tanh(gg + tl.load(x + 2 * H, mask=mask, other=0.0))
-    o = _sigmoid(go + tl.load(x + 3 * H, mask=mask, other=0.0))
+    offs_b, mask_b, u0, offs_h, mask_h, mask = _tile(B, H, BLOCK_B, ROWS, BLOCK_H)
+    gi, gf, gg, go = _recurrent_gates(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_h, h_ptr, offs_b, mask_b, H, P, 4,
+                                      WEIGHT, ROWS, BK, NB, BLOCK_H, BLOCK_K)
+    xi, xf, xc, xo = _load_gates(_at(xg_ptr, t, B, H, offs_b, offs_h, 4), H, mask, 4)
+    i = _sigmoid(gi + xi)
+    f = _sigmoid(gf + xf)
+    g = _tanh(gg + xc)
+    o = _sigmoid(go + xo)
     bh = offs_b[:, None] * H + offs_h[None, :]
     c = tl.load(c_ptr + bh, mask=mask, other=0.0)
     c_new = f * c + i * g
@@ -128,17 +190,12 @@ def _lstm_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, len_ptr, h_ptr, c
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
     tl.store(c_out_ptr + bh, tl.where(active, c_new, c), mask=mask)
     if SAVE:
-        a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-        tl.store(a, i, mask=mask)
-        tl.store(a + H, f, mask=mask)
-        tl.store(a + 2 * H, g, mask=mask)
-        tl.store(a + 3 * H, o, mask=mask)
+        _store_gates(_at(act_ptr, t, B, H, offs_b, offs_h, 4), H, mask, i, f, g, o)
     if HAS_PROJ:
         tl.store(hh_ptr + bh, hh, mask=mask)
     else:  # P == H
         h_old = tl.load(h_ptr + bh, mask=mask, other=0.0)
-        tl.store(h_out_ptr + bh, tl.where(active, hh, h_old), mask=mask)
-        tl.store(y_ptr + (t * B + offs_b[:, None]) * P + offs_h[None, :], tl.where(active, hh, 0.0), mask=mask)
+        _store_h(h_out_ptr + bh, _at(y_ptr, t, B, P, offs_b, offs_h), hh, h_old, active, mask)
 
 
 @triton.jit
@@ -146,19 +203,13 @@ def _lstm_proj_kernel(hh_ptr, wr_ptr, s_ptr, len_ptr, h_ptr, h_out_ptr, y_ptr, t
                       HAS_LEN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     # grid (cdiv(B, BLOCK_B), cdiv(P, BLOCK_P)): h_t = hh_t @ w_hr^T (WEIGHT "dense" or "w8"), masked
     # like the step kernel.
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    p0 = tl.program_id(1) * BLOCK_P
-    offs_p = p0 + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    mask = mask_b[:, None] & mask_p[None, :]
+    offs_b, mask_b, p0, offs_p, mask_p, mask = _tile(B, P, BLOCK_B, BLOCK_P, BLOCK_P)
     h_new = _rows_matvec(wr_ptr, s_ptr, wr_ptr, wr_ptr, p0, mask_p, hh_ptr, offs_b, mask_b, H, WEIGHT, BLOCK_P, 1,
                          1, BLOCK_P, BLOCK_K)
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
     bp = offs_b[:, None] * P + offs_p[None, :]
     h_old = tl.load(h_ptr + bp, mask=mask, other=0.0)
-    tl.store(h_out_ptr + bp, tl.where(active, h_new, h_old), mask=mask)
-    tl.store(y_ptr + (t * B + offs_b[:, None]) * P + offs_p[None, :], tl.where(active, h_new, 0.0), mask=mask)
+    _store_h(h_out_ptr + bp, _at(y_ptr, t, B, P, offs_b, offs_p), h_new, h_old, active, mask)
 
 
 @triton.jit
@@ -168,38 +219,24 @@ def _gru_step_kernel(xg_ptr, w_ptr, s_ptr, crow_ptr, col_ptr, b_ptr, len_ptr, h_
                      BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     # grid (cdiv(B, BLOCK_B), cdiv(H, ROWS)). SAVE (the backward's recompute): also store r, z, n
     # and an (the n part of h @ w_hh^T + b_hh) at act[t] ([T, B, 4H]).
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    u0 = tl.program_id(1) * ROWS
-    offs_h = u0 + tl.arange(0, BLOCK_H)
-    mask_h = (tl.arange(0, BLOCK_H) < ROWS) & (offs_h < H)
-    mask = mask_b[:, None] & mask_h[None, :]
-    ar = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_h, h_ptr, offs_b, mask_b, H, WEIGHT, ROWS, BK,
-                      NB, BLOCK_H, BLOCK_K)
-    az = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, H + u0, mask_h, h_ptr, offs_b, mask_b, H, WEIGHT, ROWS, BK,
-                      NB, BLOCK_H, BLOCK_K)
-    an = _rows_matvec(w_ptr, s_ptr, crow_ptr, col_ptr, 2 * H + u0, mask_h, h_ptr, offs_b, mask_b, H, WEIGHT, ROWS,
-                      BK, NB, BLOCK_H, BLOCK_K)
+    offs_b, mask_b, u0, offs_h, mask_h, mask = _tile(B, H, BLOCK_B, ROWS, BLOCK_H)
+    ar, az, an = _recurrent_gates(w_ptr, s_ptr, crow_ptr, col_ptr, u0, mask_h, h_ptr, offs_b, mask_b, H, H, 3,
+                                  WEIGHT, ROWS, BK, NB, BLOCK_H, BLOCK_K)
     if HAS_BIAS:
         ar += tl.load(b_ptr + offs_h, mask=mask_h, other=0.0)[None, :]
         az += tl.load(b_ptr + H + offs_h, mask=mask_h, other=0.0)[None, :]
         an += tl.load(b_ptr + 2 * H + offs_h, mask=mask_h, other=0.0)[None, :]
-    x = xg_ptr + (t * B + offs_b[:, None]) * 3 * H + offs_h[None, :]
-    r = _sigmoid(tl.load(x, mask=mask, other=0.0) + ar)
-    z = _sigmoid(tl.load(x + H, mask=mask, other=0.0) + az)
-    n = _tanh(tl.load(x + 2 * H, mask=mask, other=0.0) + r * an)
+    xr, xz, xn = _load_gates(_at(xg_ptr, t, B, H, offs_b, offs_h, 3), H, mask, 3)
+    r = _sigmoid(xr + ar)
+    z = _sigmoid(xz + az)
+    n = _tanh(xn + r * an)
     bh = offs_b[:, None] * H + offs_h[None, :]
     h_old = tl.load(h_ptr + bh, mask=mask, other=0.0)
     h_new = (1.0 - z) * n + z * h_old
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
-    tl.store(h_out_ptr + bh, tl.where(active, h_new, h_old), mask=mask)
-    tl.store(y_ptr + (t * B + offs_b[:, None]) * H + offs_h[None, :], tl.where(active, h_new, 0.0), mask=mask)
+    _store_h(h_out_ptr + bh, _at(y_ptr, t, B, H, offs_b, offs_h), h_new, h_old, active, mask)
     if SAVE:
-        a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-        tl.store(a, r, mask=mask)
-        tl.store(a + H, z, mask=mask)
-        tl.store(a + 2 * H, n, mask=mask)
-        tl.store(a + 3 * H, an, mask=mask)
+        _store_gates(_at(act_ptr, t, B, H, offs_b, offs_h, 4), H, mask, r, z, n, an)
 
 
 # Backward (compress.ops.lstm_layer_backward / gru_layer_backward): one step kernel per step, run
@@ -224,7 +261,7 @@ def _dh_out(carry_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, m
         d += _rows_matvec(wt_ptr, wt_ptr, wt_ptr, wt_ptr, u0, mask_u, da_ptr, offs_b, mask_b, K, "dense", BLOCK_U, 1,
                           1, BLOCK_U, BLOCK_K)
     active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
-    dy = tl.load(dy_ptr + (t * B + offs_b[:, None]) * U + offs_u[None, :], mask=mask, other=0.0)
+    dy = tl.load(_at(dy_ptr, t, B, U, offs_b, offs_u), mask=mask, other=0.0)
     return d, tl.where(active, d + dy, 0.0), active
 
 
@@ -238,12 +275,7 @@ def _lstm_bwd_step_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, act_ptr, c_ptr, c_new
     #   dxg_t = [dcs * g * i(1-i), dcs * c_{t-1} * f(1-f), dcs * i * (1-g^2), dh * tanh(c_t) * o(1-o)]
     #   dc_{t-1} = dcs * f, dh_{t-1} = dxg_t @ w_hh (the next step's matvec)
     # HAS_PROJ: dh = dh_P @ w_hr is dhh [B, H], from _lstm_bwd_proj_kernel and a torch matmul.
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    u0 = tl.program_id(1) * BLOCK_H
-    offs_h = u0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    mask = mask_b[:, None] & mask_h[None, :]
+    offs_b, mask_b, u0, offs_h, mask_h, mask = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_H)
     bh = offs_b[:, None] * H + offs_h[None, :]
     if HAS_PROJ:
         active = _active(len_ptr, t, offs_b, mask_b, HAS_LEN)
@@ -252,19 +284,15 @@ def _lstm_bwd_step_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, act_ptr, c_ptr, c_new
         d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, mask_h, B, H, 4 * H,
                                 HAS_PREV, HAS_LEN, BLOCK_H, BLOCK_K)
         tl.store(dh_ptr + bh, tl.where(active, 0.0, d), mask=mask)
-    a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-    i = tl.load(a, mask=mask, other=0.0)
-    f = tl.load(a + H, mask=mask, other=0.0)
-    g = tl.load(a + 2 * H, mask=mask, other=0.0)
-    o = tl.load(a + 3 * H, mask=mask, other=0.0)
+    i, f, g, o = _load_gates(_at(act_ptr, t, B, H, offs_b, offs_h, 4), H, mask, 4)
     tc = _tanh(tl.load(c_new_ptr + bh, mask=mask, other=0.0))
     dc = tl.load(dc_ptr + bh, mask=mask, other=0.0)
     dcs = tl.where(active, dc, 0.0) + dh * o * (1.0 - tc * tc)
-    x = dxg_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-    tl.store(x, dcs * g * i * (1.0 - i), mask=mask)
-    tl.store(x + H, dcs * tl.load(c_ptr + bh, mask=mask, other=0.0) * f * (1.0 - f), mask=mask)
-    tl.store(x + 2 * H, dcs * i * (1.0 - g * g), mask=mask)
-    tl.store(x + 3 * H, dh * tc * o * (1.0 - o), mask=mask)
+    di = dcs * g * i * (1.0 - i)
+    df = dcs * tl.load(c_ptr + bh, mask=mask, other=0.0) * f * (1.0 - f)
+    dg = dcs * i * (1.0 - g * g)
+    do = dh * tc * o * (1.0 - o)
+    _store_gates(_at(dxg_ptr, t, B, H, offs_b, offs_h, 4), H, mask, di, df, dg, do)
     tl.store(dc_ptr + bh, tl.where(active, dcs * f, dc), mask=mask)
 
 
@@ -274,16 +302,11 @@ def _lstm_bwd_proj_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, dh_ptr, dhp_ptr, t, B
     # grid (cdiv(B, BLOCK_B), cdiv(P, BLOCK_P)): with a projection the state is P wide; writes the
     # gradient of the step's output h_t = hh_t @ w_hr^T to dhp[t] ([T, B, P], 0 on inactive rows)
     # and carries dh [B, P] as _lstm_bwd_step_kernel does without one.
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    p0 = tl.program_id(1) * BLOCK_P
-    offs_p = p0 + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    mask = mask_b[:, None] & mask_p[None, :]
+    offs_b, mask_b, p0, offs_p, mask_p, mask = _tile(B, P, BLOCK_B, BLOCK_P, BLOCK_P)
     d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, p0, mask_p, B, P, K,
                             HAS_PREV, HAS_LEN, BLOCK_P, BLOCK_K)
     tl.store(dh_ptr + offs_b[:, None] * P + offs_p[None, :], tl.where(active, 0.0, d), mask=mask)
-    tl.store(dhp_ptr + (t * B + offs_b[:, None]) * P + offs_p[None, :], dh, mask=mask)
+    tl.store(_at(dhp_ptr, t, B, P, offs_b, offs_p), dh, mask=mask)
 
 
 @triton.jit
@@ -294,30 +317,18 @@ def _gru_bwd_step_kernel(dy_ptr, wt_ptr, da_ptr, len_ptr, act_ptr, h_ptr, dh_ptr
     # before the step; da = dag[t'] [B, 3H]. With a = h_{t-1} @ w_hh^T + b_hh and dh the gradient of h_t:
     #   dn = dh (1-z)(1-n^2), dr = dn * an * r(1-r), dz = dh (h_{t-1} - n) z(1-z)
     #   dxg_t = [dr, dz, dn], dag_t = da_t = [dr, dz, dn * r], dh_{t-1} = da_t @ w_hh + dh * z
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    u0 = tl.program_id(1) * BLOCK_H
-    offs_h = u0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    mask = mask_b[:, None] & mask_h[None, :]
+    offs_b, mask_b, u0, offs_h, mask_h, mask = _tile(B, H, BLOCK_B, BLOCK_H, BLOCK_H)
     bh = offs_b[:, None] * H + offs_h[None, :]
     d, dh, active = _dh_out(dh_ptr, dy_ptr, da_ptr, wt_ptr, len_ptr, t, offs_b, mask_b, u0, mask_h, B, H, 3 * H,
                             HAS_PREV, HAS_LEN, BLOCK_H, BLOCK_K)
-    a = act_ptr + (t * B + offs_b[:, None]) * 4 * H + offs_h[None, :]
-    r = tl.load(a, mask=mask, other=0.0)
-    z = tl.load(a + H, mask=mask, other=0.0)
-    n = tl.load(a + 2 * H, mask=mask, other=0.0)
-    an = tl.load(a + 3 * H, mask=mask, other=0.0)
+    r, z, n, an = _load_gates(_at(act_ptr, t, B, H, offs_b, offs_h, 4), H, mask, 4)
     dn = dh * (1.0 - z) * (1.0 - n * n)
     dr = dn * an * r * (1.0 - r)
     dz = dh * (tl.load(h_ptr + bh, mask=mask, other=0.0) - n) * z * (1.0 - z)
+    # the tile's offsets in dxg[t] and dag[t], computed once: two _at() calls give 8 more integer ops in PTX
     tbh = (t * B + offs_b[:, None]) * 3 * H + offs_h[None, :]
-    tl.store(dxg_ptr + tbh, dr, mask=mask)
-    tl.store(dxg_ptr + tbh + H, dz, mask=mask)
-    tl.store(dxg_ptr + tbh + 2 * H, dn, mask=mask)
-    tl.store(dag_ptr + tbh, dr, mask=mask)
-    tl.store(dag_ptr + tbh + H, dz, mask=mask)
-    tl.store(dag_ptr + tbh + 2 * H, dn * r, mask=mask)
+    _store_gates(dxg_ptr + tbh, H, mask, dr, dz, dn)
+    _store_gates(dag_ptr + tbh, H, mask, dr, dz, dn * r)
     tl.store(dh_ptr + bh, tl.where(active, dh * z, d), mask=mask)
 
 

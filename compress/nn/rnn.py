@@ -13,8 +13,8 @@ Per layer and direction: one GEMM for the input projection of all timesteps ([T*
 one op call for the whole recurrence. They are plain nn.Modules, not subclasses of nn.LSTM:
 torch.compile refuses to trace nn.LSTM/GRU instances (Dynamo graph-breaks on them). The three
 families share the forward (states, batch_first, unbatched input, PackedSequence, layers,
-directions, proj_size) and differ only in how weights are stored (`_new_weight`) and in `_layer`
-(cells: `forward`).
+directions, proj_size; the cells theirs) and differ only in how weights are stored (`_new_weight`)
+and in the ops one layer and direction runs on them (`_linear`, `_input_bias`, `_recurrence`).
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def _check_state(name: str, arg: str, s: Tensor, shape: tuple, x: Tensor):
 
 
 class _DenseWeights:
-    """Weight storage of the Fused modules: nn.Parameters, as torch's modules have."""
+    """Weight storage of the Fused modules: nn.Parameters, as torch's modules have, and the ops one
+    layer and direction runs on them (`_linear`, `_input_bias`, `_recurrence`; see _Recurrent)."""
     _any_float_input = False  # the input must have the parameters' dtype
 
     def _new_weight(self, name, shape, kw):
@@ -70,6 +71,22 @@ class _DenseWeights:
 
     def _new_bias(self, name, shape, kw):
         self.register_parameter(name, None if shape is None else nn.Parameter(torch.empty(shape, **kw)))
+
+    def _input_bias(self, sfx):
+        """The bias folded into the input projection: the LSTM's b_ih + b_hh, the GRU's b_ih (b_hh
+        stays apart because r multiplies its n part)."""
+        b_ih = getattr(self, "bias_ih" + sfx)
+        return b_ih + getattr(self, "bias_hh" + sfx) if self._mode == "LSTM" else b_ih
+
+    def _linear(self, x, name, b):
+        return F.linear(x, getattr(self, name), b)
+
+    def _recurrence(self, xg, state, sfx, lengths, reverse):
+        # getattr(..., None): weight_hr exists with proj_size only, bias_hh with bias only
+        w_hh = getattr(self, "weight_hh" + sfx)
+        if self._mode == "LSTM":
+            return ops.lstm_layer(xg, *state, w_hh, getattr(self, "weight_hr" + sfx, None), lengths, reverse)
+        return ops.gru_layer(xg, *state, w_hh, getattr(self, "bias_hh" + sfx, None), lengths, reverse)
 
 
 def _where(w: Tensor) -> dict:
@@ -86,11 +103,65 @@ def _copy_weights(new: nn.Module, m: nn.Module) -> nn.Module:
     return new
 
 
-class _FusedRNNBase(_DenseWeights, nn.Module):
-    """The multi-layer LSTM / GRU modules. Beyond torch's: an empty sequence (T = 0, which torch
-    rejects) gives an empty output and h_n = h_0."""
+class _Recurrent(_DenseWeights, nn.Module):
+    """What the multi-layer modules and the cells share: initialisation, from_torch, and one layer
+    and direction (`_layer`) on the ops of their weight storage (_DenseWeights, _Int8Weights or
+    _BSRRecurrentWeights, which come before it in the MRO)."""
     _mode = ""  # "LSTM" or "GRU"
     _gates = 0
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -stdv, stdv)
+
+    @classmethod
+    def from_torch(cls, m: nn.Module):
+        """A fused copy of the nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell cls stands in for, with
+        the same weights, device and dtype (a pruned module's masked weights)."""
+        w0 = m.weight_ih_l0 if hasattr(m, "weight_ih_l0") else m.weight_ih
+        return _copy_weights(cls(**cls.init_args(m), **_where(w0)), m)
+
+    def _states(self, hx, x, shapes, unbatched, dim):
+        """The initial states [h_0] (GRU) or [h_0, c_0] (LSTM, hx a tuple): zeros of `shapes` without
+        hx, else its tensors, each checked against its shape; with unbatched input they are dim-D
+        and get the batch dim (of 1) at dim - 1."""
+        name = type(self).__name__
+        if hx is None:
+            return [x.new_zeros(s) for s in shapes]
+        if self._mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: expected `hx` to be a tuple (h_0, c_0), got {type(hx).__name__}")
+            hx = list(hx)
+        else:
+            hx = [hx]
+        out = []
+        for arg, s, shape in zip(["hx[0]", "hx[1]"] if self._mode == "LSTM" else ["hx"], hx, shapes):
+            if unbatched and isinstance(s, Tensor):
+                if s.dim() != dim:
+                    raise ValueError(f"{name}: for unbatched {dim}-D `input`, expected `{arg}` to be {dim}-D, "
+                                     f"got {s.dim()}-D")
+                s = s.unsqueeze(dim - 1)
+            _check_state(name, arg, s, shape, x)
+            out.append(s)
+        return out
+
+    def _layer(self, x, state, sfx, lengths=None, reverse=False):
+        """One layer and direction over x [T, B, I] from state [h_0] (GRU) or [h_0, c_0] (LSTM): the
+        op's (y, h_n[, c_n]). The weights are `<name><sfx>`: sfx "" in the cells, "_l<layer>" or
+        "_l<layer>_reverse" in the multi-layer modules."""
+        return self._recurrence(self._input_gates(x, sfx), state, sfx, lengths, reverse)
+
+    def _input_gates(self, x, sfx):
+        """xg [T, B, G]: x @ W_ih^T + bias for all T timesteps as one GEMM ([T*B, I] rows)."""
+        T, B = x.shape[:2]
+        b = self._input_bias(sfx) if self.bias else None
+        return self._linear(x.reshape(T * B, x.shape[2]), "weight_ih" + sfx, b).unflatten(0, (T, B))
+
+
+class _FusedRNNBase(_Recurrent):
+    """The multi-layer LSTM / GRU modules. Beyond torch's: an empty sequence (T = 0, which torch
+    rejects) gives an empty output and h_n = h_0."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -127,17 +198,6 @@ class _FusedRNNBase(_DenseWeights, nn.Module):
                     self._new_weight(f"weight_hr_l{layer}{sfx}", (proj_size, hidden_size), kw)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for w in self.parameters():
-            nn.init.uniform_(w, -stdv, stdv)
-
-    @classmethod
-    def from_torch(cls, m: nn.Module):
-        """A fused copy of an nn.LSTM / nn.GRU with the same weights, device and dtype (a pruned
-        module's masked weights)."""
-        return _copy_weights(cls(**cls.init_args(m), **_where(m.weight_ih_l0)), m)
-
     @classmethod
     def init_args(cls, m: nn.Module) -> dict:
         """The constructor arguments of `m` (a torch or compress LSTM / GRU; no device, dtype)."""
@@ -154,9 +214,6 @@ class _FusedRNNBase(_DenseWeights, nn.Module):
             if getattr(self, k) != default:
                 s += f", {k}={getattr(self, k)}"
         return s
-
-    def _layer(self, x, state, layer, direction, lengths):
-        raise NotImplementedError
 
     def forward(self, input, hx=None):
         name = type(self).__name__
@@ -181,7 +238,8 @@ class _FusedRNNBase(_DenseWeights, nn.Module):
             outs = []
             for d in range(D):
                 idx = layer * D + d
-                y, *fin = self._layer(x, [s[idx] for s in states], layer, d, lengths)
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                y, *fin = self._layer(x, [s[idx] for s in states], sfx, lengths, bool(d))
                 outs.append(y)
                 for f, v in zip(finals, fin):
                     f.append(v)
@@ -204,27 +262,9 @@ class _FusedRNNBase(_DenseWeights, nn.Module):
         return out, (tuple(h_n) if self._mode == "LSTM" else h_n[0])
 
     def _initial_states(self, hx, x, B, D, P, unbatched):
-        name = type(self).__name__
         L = self.num_layers * D
         shapes = [(L, B, P), (L, B, self.hidden_size)] if self._mode == "LSTM" else [(L, B, P)]
-        args = ["hx[0]", "hx[1]"] if self._mode == "LSTM" else ["hx"]
-        if hx is None:
-            return [x.new_zeros(s) for s in shapes]
-        if self._mode == "LSTM":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{name}: expected `hx` to be a tuple (h_0, c_0), got {type(hx).__name__}")
-            hx = list(hx)
-        else:
-            hx = [hx]
-        out = []
-        for arg, s, shape in zip(args, hx, shapes):
-            if unbatched:
-                if isinstance(s, Tensor) and s.dim() != 2:
-                    raise ValueError(f"{name}: for unbatched 2-D `input`, expected `{arg}` to be 2-D, got {s.dim()}-D")
-                s = s.unsqueeze(1) if isinstance(s, Tensor) else s
-            _check_state(name, arg, s, shape, x)
-            out.append(s)
-        return out
+        return self._states(hx, x, shapes, unbatched, 2)
 
 
 class FusedLSTM(_FusedRNNBase):
@@ -233,38 +273,24 @@ class FusedLSTM(_FusedRNNBase):
     batch_first, [T, I] unbatched) or a PackedSequence."""
     _mode, _gates = "LSTM", 4
 
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = "_reverse" if d else ""
-        T, B = x.shape[:2]
-        b = (getattr(self, f"bias_ih_l{layer}{sfx}") + getattr(self, f"bias_hh_l{layer}{sfx}")) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b).unflatten(0, (T, B))
-        w_hr = getattr(self, f"weight_hr_l{layer}{sfx}") if self.proj_size else None
-        return ops.lstm_layer(xg, state[0], state[1], getattr(self, f"weight_hh_l{layer}{sfx}"), w_hr, lengths,
-                              bool(d))
+
+class _GRUArgs:
+    """The constructor of FusedGRU and Int8GRU: nn.GRU's arguments (nn.LSTM's but proj_size)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
 
 
-class FusedGRU(_FusedRNNBase):
+class FusedGRU(_GRUArgs, _FusedRNNBase):
     """nn.GRU on compress's fused recurrence (compress.ops.gru_layer). Same arguments and outputs:
     forward(input, h_0 = zeros) -> (output, h_n)."""
     _mode, _gates = "GRU", 3
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype)
 
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = "_reverse" if d else ""
-        T, B = x.shape[:2]
-        b_ih = getattr(self, f"bias_ih_l{layer}{sfx}") if self.bias else None
-        b_hh = getattr(self, f"bias_hh_l{layer}{sfx}") if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, f"weight_ih_l{layer}{sfx}"), b_ih).unflatten(0, (T, B))
-        return ops.gru_layer(xg, state[0], getattr(self, f"weight_hh_l{layer}{sfx}"), b_hh, lengths, bool(d))
-
-
-class _FusedCellBase(_DenseWeights, nn.Module):
-    _mode, _gates = "", 0
-
+class _FusedCellBase(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
@@ -276,17 +302,6 @@ class _FusedCellBase(_DenseWeights, nn.Module):
         self._new_bias("bias_hh", (g,) if bias else None, kw)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for w in self.parameters():
-            nn.init.uniform_(w, -stdv, stdv)
-
-    @classmethod
-    def from_torch(cls, m: nn.Module):
-        """A fused copy of an nn.LSTMCell / nn.GRUCell with the same weights, device and dtype (a
-        pruned module's masked weights)."""
-        return _copy_weights(cls(**cls.init_args(m), **_where(m.weight_ih)), m)
-
     @classmethod
     def init_args(cls, m: nn.Module) -> dict:
         """The constructor arguments of `m` (a torch or compress cell; no device, dtype)."""
@@ -295,53 +310,29 @@ class _FusedCellBase(_DenseWeights, nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
+    def forward(self, input, hx=None):
+        x, states, unbatched = self._prepare(input, hx)
+        _, *out = self._layer(x.unsqueeze(0), states, "")  # one step: the ops' T = 1
+        if unbatched:
+            out = [s.squeeze(0) for s in out]
+        return tuple(out) if self._mode == "LSTM" else out[0]
+
     def _prepare(self, input, hx):
-        name = type(self).__name__
-        _check_input(name, input, self.input_size, self.weight_ih, (1, 2), self._any_float_input)
+        _check_input(type(self).__name__, input, self.input_size, self.weight_ih, (1, 2), self._any_float_input)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
-        B = x.shape[0]
-        args = ("hx[0]", "hx[1]") if self._mode == "LSTM" else ("hx",)
-        if hx is None:
-            states = [x.new_zeros(B, self.hidden_size) for _ in args]
-        else:
-            if self._mode == "LSTM":
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"{name}: expected `hx` to be a tuple (h_0, c_0), got {type(hx).__name__}")
-                states = list(hx)
-            else:
-                states = [hx]
-            for k, (arg, s) in enumerate(zip(args, states)):
-                if unbatched and isinstance(s, Tensor):
-                    if s.dim() != 1:
-                        raise ValueError(f"{name}: for unbatched 1-D `input`, expected `{arg}` to be 1-D, got {s.dim()}-D")
-                    s = s.unsqueeze(0)
-                _check_state(name, arg, s, (B, self.hidden_size), x)
-                states[k] = s
-        return x, states, unbatched
+        shapes = [(x.shape[0], self.hidden_size)] * (2 if self._mode == "LSTM" else 1)
+        return x, self._states(hx, x, shapes, unbatched, 1), unbatched
 
 
 class FusedLSTMCell(_FusedCellBase):
     """nn.LSTMCell on compress.ops.lstm_layer (T = 1): forward(input [B, I] or [I], (h, c) = zeros) -> (h', c')."""
     _mode, _gates = "LSTM", 4
 
-    def forward(self, input, hx=None):
-        x, (h, c), unbatched = self._prepare(input, hx)
-        b = self.bias_ih + self.bias_hh if self.bias else None
-        xg = F.linear(x, self.weight_ih, b).unsqueeze(0)
-        _, h1, c1 = ops.lstm_layer(xg, h, c, self.weight_hh)
-        return (h1.squeeze(0), c1.squeeze(0)) if unbatched else (h1, c1)
-
 
 class FusedGRUCell(_FusedCellBase):
     """nn.GRUCell on compress.ops.gru_layer (T = 1): forward(input [B, I] or [I], h = zeros) -> h'."""
     _mode, _gates = "GRU", 3
-
-    def forward(self, input, hx=None):
-        x, (h,), unbatched = self._prepare(input, hx)
-        xg = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)
-        _, h1 = ops.gru_layer(xg, h, self.weight_hh, self.bias_hh)
-        return h1.squeeze(0) if unbatched else h1
 
 
 FUSED = {nn.LSTM: FusedLSTM, nn.GRU: FusedGRU, nn.LSTMCell: FusedLSTMCell, nn.GRUCell: FusedGRUCell}
@@ -362,10 +353,46 @@ def _check_source(cls, m, fn: str):
     return w
 
 
+class _CompressedWeights:
+    """What the Int8 and Sparse storages share: conversion from a float module (`_convert`) and back
+    (float_state_dict). A storage says which buffer holds a compressed weight (`_compressed_of`, its
+    first part; `_is_part` the others) and how to pack and unpack it (`_compress`, `_decompress`);
+    every other tensor is copied as it is."""
+
+    @classmethod
+    def _convert(cls, m: nn.Module, fn: str, **kw):
+        """A new cls with m's weights (m: the torch module cls stands in for, or its Fused version;
+        a pruned module's masked weights); kw: further constructor arguments."""
+        w0 = _check_source(cls, m, fn)
+        new = cls(**cls.init_args(m), **kw, **_where(w0))
+        with torch.no_grad():
+            for name, t in list(new.named_buffers(recurse=False)):
+                w = new._compressed_of(name, t)
+                if w is not None:
+                    new._compress(w, getattr(m, w).detach())
+                elif not new._is_part(name):
+                    t.copy_(getattr(m, name))
+        new.train(m.training)
+        return new
+
+    def float_state_dict(self) -> dict:
+        """The dense float weights this module computes with (int8 ones dequantized in float32),
+        under torch's names: load it into the nn.LSTM / nn.GRU / cell (or Fused module) it stands in
+        for to get a float twin."""
+        out = {}
+        for name, t in self.named_buffers(recurse=False):
+            w = self._compressed_of(name, t)
+            if w is not None:
+                out[w] = self._decompress(w)
+            elif not self._is_part(name):
+                out[name] = t
+        return out
+
+
 # ---------------------------------------------------------------------------------------------
 # int8 weights: Int8LSTM, Int8GRU, Int8LSTMCell, Int8GRUCell
 
-class _Int8Weights:
+class _Int8Weights(_CompressedWeights):
     """Weight storage of the Int8 modules (inference only): every weight matrix `<name>` (weight_ih,
     weight_hh, weight_hr) an int8 buffer with a float32 buffer `<name>_scale` [rows], so that the
     float weight is <name> * <name>_scale[:, None] (symmetric per row, absmax / 127); biases are
@@ -385,29 +412,21 @@ class _Int8Weights:
     def from_float(cls, m: nn.Module):
         """Quantize m (the torch module this class stands in for, or its Fused version; a pruned
         module's masked weights) per row; biases are kept in m's dtype."""
-        w0 = _check_source(cls, m, "from_float")
-        new = cls(**cls.init_args(m), **_where(w0))
-        with torch.no_grad():
-            for name, t in list(new.named_buffers(recurse=False)):
-                if t.dtype == torch.int8:
-                    q, scale = ops.quantize_per_token(getattr(m, name).detach().float())
-                    t.copy_(q)
-                    getattr(new, name + "_scale").copy_(scale)
-                elif not name.endswith("_scale"):
-                    t.copy_(getattr(m, name))
-        new.train(m.training)
-        return new
+        return cls._convert(m, "from_float")
 
-    def float_state_dict(self) -> dict:
-        """The float32 weights this module computes with, under torch's names: load it into the
-        nn.LSTM / nn.GRU / cell (or Fused module) it stands in for to get a float twin."""
-        out = {}
-        for name, t in self.named_buffers(recurse=False):
-            if t.dtype == torch.int8:
-                out[name] = t.float() * getattr(self, name + "_scale")[:, None]
-            elif not name.endswith("_scale"):
-                out[name] = t
-        return out
+    def _compressed_of(self, name, t):
+        return name if t.dtype == torch.int8 else None
+
+    def _is_part(self, name):
+        return name.endswith("_scale")
+
+    def _compress(self, w, dense):
+        q, scale = ops.quantize_per_token(dense.float())
+        getattr(self, w).copy_(q)
+        getattr(self, w + "_scale").copy_(scale)
+
+    def _decompress(self, w):
+        return getattr(self, w).float() * getattr(self, w + "_scale")[:, None]
 
     def _apply(self, fn, recurse=True):
         # .half() / .to(bfloat16) would cast the float32 scales too; the kernels need them float32.
@@ -422,6 +441,24 @@ class _Int8Weights:
         b = getattr(self, name, None)
         return None if b is None else b.to(x.dtype)
 
+    def _w8(self, name):
+        """(int8 weight, its scales), or (None, None) where the module has no `name` (weight_hr)."""
+        return getattr(self, name, None), getattr(self, name + "_scale", None)
+
+    def _input_bias(self, sfx):
+        # an LSTM's b_ih + b_hh summed in float32: w8a16_linear takes a bias of any float dtype
+        b_ih = getattr(self, "bias_ih" + sfx)
+        return b_ih.float() + getattr(self, "bias_hh" + sfx).float() if self._mode == "LSTM" else b_ih
+
+    def _linear(self, x, name, b):
+        return ops.w8a16_linear(x, *self._w8(name), b)
+
+    def _recurrence(self, xg, state, sfx, lengths, reverse):
+        w_hh = self._w8("weight_hh" + sfx)
+        if self._mode == "LSTM":
+            return ops.lstm_layer_w8(xg, *state, *w_hh, *self._w8("weight_hr" + sfx), lengths, reverse)
+        return ops.gru_layer_w8(xg, *state, *w_hh, self._bias("bias_hh" + sfx, xg), lengths, reverse)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + ", int8 weights"
 
@@ -432,59 +469,21 @@ class Int8LSTM(_Int8Weights, _FusedRNNBase):
     in), the recurrence one ops.lstm_layer_w8 (int8 weight_hh and weight_hr)."""
     _mode, _gates = "LSTM", 4
 
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        T, B = x.shape[:2]
-        b = (getattr(self, "bias_ih" + sfx).float() + getattr(self, "bias_hh" + sfx).float()) if self.bias else None
-        xg = ops.w8a16_linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx),
-                              getattr(self, f"weight_ih{sfx}_scale"), b).unflatten(0, (T, B))
-        hr = ((getattr(self, "weight_hr" + sfx), getattr(self, f"weight_hr{sfx}_scale")) if self.proj_size
-              else (None, None))
-        return ops.lstm_layer_w8(xg, state[0], state[1], getattr(self, "weight_hh" + sfx),
-                                 getattr(self, f"weight_hh{sfx}_scale"), *hr, lengths, bool(d))
 
-
-class Int8GRU(_Int8Weights, _FusedRNNBase):
+class Int8GRU(_Int8Weights, _GRUArgs, _FusedRNNBase):
     """nn.GRU with int8 weights (see _Int8Weights): Int8GRU.from_float(gru). Input projection
     ops.w8a16_linear (b_ih folded in), recurrence ops.gru_layer_w8."""
     _mode, _gates = "GRU", 3
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype)
-
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        T, B = x.shape[:2]
-        b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
-        xg = ops.w8a16_linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx),
-                              getattr(self, f"weight_ih{sfx}_scale"), b_ih).unflatten(0, (T, B))
-        return ops.gru_layer_w8(xg, state[0], getattr(self, "weight_hh" + sfx), getattr(self, f"weight_hh{sfx}_scale"),
-                                self._bias("bias_hh" + sfx, x), lengths, bool(d))
 
 
 class Int8LSTMCell(_Int8Weights, _FusedCellBase):
     """nn.LSTMCell with int8 weights: forward(input [B, I] or [I], (h, c) = zeros) -> (h', c')."""
     _mode, _gates = "LSTM", 4
 
-    def forward(self, input, hx=None):
-        x, (h, c), unbatched = self._prepare(input, hx)
-        b = self.bias_ih.float() + self.bias_hh.float() if self.bias else None
-        xg = ops.w8a16_linear(x, self.weight_ih, self.weight_ih_scale, b).unsqueeze(0)
-        _, h1, c1 = ops.lstm_layer_w8(xg, h, c, self.weight_hh, self.weight_hh_scale)
-        return (h1.squeeze(0), c1.squeeze(0)) if unbatched else (h1, c1)
-
 
 class Int8GRUCell(_Int8Weights, _FusedCellBase):
     """nn.GRUCell with int8 weights: forward(input [B, I] or [I], h = zeros) -> h'."""
     _mode, _gates = "GRU", 3
-
-    def forward(self, input, hx=None):
-        x, (h,), unbatched = self._prepare(input, hx)
-        xg = ops.w8a16_linear(x, self.weight_ih, self.weight_ih_scale, self.bias_ih).unsqueeze(0)
-        _, h1 = ops.gru_layer_w8(xg, h, self.weight_hh, self.weight_hh_scale, self._bias("bias_hh", x))
-        return h1.squeeze(0) if unbatched else h1
 
 
 INT8 = {nn.LSTM: Int8LSTM, nn.GRU: Int8GRU, nn.LSTMCell: Int8LSTMCell, nn.GRUCell: Int8GRUCell}
@@ -506,7 +505,7 @@ def _check_block(name: str, block, hidden_size: int) -> tuple:
     return tuple(block)
 
 
-class _BSRRecurrentWeights:
+class _BSRRecurrentWeights(_CompressedWeights):
     """Weight storage of the Sparse modules (inference only): each recurrent weight weight_hh
     [G*H, P] in BSR (compress.formats.sparse) as three buffers `<name>_crow`, `<name>_col`,
     `<name>_values` with blocks of `block` = (bn, bk), bn dividing H; every other weight and bias
@@ -532,32 +531,21 @@ class _BSRRecurrentWeights:
     def from_dense(cls, m: nn.Module, block=(32, 32)):
         """From m (the torch module this class stands in for, or its Fused version; a pruned
         module's masked weights): weight_hh in BSR with (bn, bk) blocks, all-zero blocks dropped."""
-        w0 = _check_source(cls, m, "from_dense")
-        new = cls(**cls.init_args(m), block=block, **_where(w0))
-        with torch.no_grad():
-            for name, t in list(new.named_buffers(recurse=False)):
-                if name.endswith("_crow"):
-                    w = name[: -len("_crow")]
-                    b = formats.to_bsr(getattr(m, w).detach(), new.block)
-                    for part, v in zip(_BSR_PARTS, (b.crow, b.col, b.values)):
-                        setattr(new, w + part, v)
-                elif not name.endswith(_BSR_PARTS[1:]):
-                    t.copy_(getattr(m, name))
-        new.train(m.training)
-        return new
+        return cls._convert(m, "from_dense", block=block)
 
-    def float_state_dict(self) -> dict:
-        """The dense weights this module computes with, under torch's names: load it into the
-        nn.LSTM / nn.GRU / cell (or Fused module) it stands in for to get a dense twin."""
-        out = {}
-        for name, t in self.named_buffers(recurse=False):
-            if name.endswith("_crow"):
-                w = name[: -len("_crow")]
-                out[w] = formats.from_bsr(formats.BSR(t, getattr(self, w + "_col"), getattr(self, w + "_values"),
-                                                      self._hh_shape()))
-            elif not name.endswith(_BSR_PARTS[1:]):
-                out[name] = t
-        return out
+    def _compressed_of(self, name, t):
+        return name[: -len("_crow")] if name.endswith("_crow") else None
+
+    def _is_part(self, name):
+        return name.endswith(_BSR_PARTS[1:])
+
+    def _compress(self, w, dense):
+        b = formats.to_bsr(dense, self.block)
+        for part, v in zip(_BSR_PARTS, (b.crow, b.col, b.values)):
+            setattr(self, w + part, v)
+
+    def _decompress(self, w):
+        return formats.from_bsr(formats.BSR(*self._bsr(w), self._hh_shape()))
 
     def _hh_shape(self):
         P = getattr(self, "proj_size", 0) or self.hidden_size
@@ -565,6 +553,13 @@ class _BSRRecurrentWeights:
 
     def _bsr(self, name):
         return tuple(getattr(self, name + part) for part in _BSR_PARTS)
+
+    def _recurrence(self, xg, state, sfx, lengths, reverse):
+        # getattr(..., None) as _DenseWeights'; weight_hr (proj_size) stays dense
+        w_hh = self._bsr("weight_hh" + sfx)
+        if self._mode == "LSTM":
+            return ops.lstm_layer_bsr(xg, *state, *w_hh, getattr(self, "weight_hr" + sfx, None), lengths, reverse)
+        return ops.gru_layer_bsr(xg, *state, *w_hh, getattr(self, "bias_hh" + sfx, None), lengths, reverse)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the parts' sizes depend on how many blocks are stored: take them from the checkpoint
@@ -590,14 +585,6 @@ class SparseLSTM(_BSRRecurrentWeights, _FusedRNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
                          device, dtype)
 
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        T, B = x.shape[:2]
-        b = (getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx)) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b).unflatten(0, (T, B))
-        w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size else None
-        return ops.lstm_layer_bsr(xg, state[0], state[1], *self._bsr("weight_hh" + sfx), w_hr, lengths, bool(d))
-
 
 class SparseGRU(_BSRRecurrentWeights, _FusedRNNBase):
     """nn.GRU with block-sparse recurrent weights: SparseGRU.from_dense(gru, block). F.linear for
@@ -611,14 +598,6 @@ class SparseGRU(_BSRRecurrentWeights, _FusedRNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
                          device, dtype)
 
-    def _layer(self, x, state, layer, d, lengths):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        T, B = x.shape[:2]
-        b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
-        b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-        xg = F.linear(x.reshape(T * B, x.shape[2]), getattr(self, "weight_ih" + sfx), b_ih).unflatten(0, (T, B))
-        return ops.gru_layer_bsr(xg, state[0], *self._bsr("weight_hh" + sfx), b_hh, lengths, bool(d))
-
 
 class _SparseCellBase(_BSRRecurrentWeights, _FusedCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, block=(32, 32), device=None,
@@ -631,23 +610,10 @@ class SparseLSTMCell(_SparseCellBase):
     """nn.LSTMCell with a block-sparse recurrent weight: forward(input, (h, c) = zeros) -> (h', c')."""
     _mode, _gates = "LSTM", 4
 
-    def forward(self, input, hx=None):
-        x, (h, c), unbatched = self._prepare(input, hx)
-        b = self.bias_ih + self.bias_hh if self.bias else None
-        xg = F.linear(x, self.weight_ih, b).unsqueeze(0)
-        _, h1, c1 = ops.lstm_layer_bsr(xg, h, c, *self._bsr("weight_hh"))
-        return (h1.squeeze(0), c1.squeeze(0)) if unbatched else (h1, c1)
-
 
 class SparseGRUCell(_SparseCellBase):
     """nn.GRUCell with a block-sparse recurrent weight: forward(input, h = zeros) -> h'."""
     _mode, _gates = "GRU", 3
-
-    def forward(self, input, hx=None):
-        x, (h,), unbatched = self._prepare(input, hx)
-        xg = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)
-        _, h1 = ops.gru_layer_bsr(xg, h, *self._bsr("weight_hh"), self.bias_hh)
-        return h1.squeeze(0) if unbatched else h1
 
 
 SPARSE = {nn.LSTM: SparseLSTM, nn.GRU: SparseGRU, nn.LSTMCell: SparseLSTMCell, nn.GRUCell: SparseGRUCell}

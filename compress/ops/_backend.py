@@ -164,26 +164,30 @@ def _has_kernel(qualname: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
 
 
+def _native_unavailable(device, qualname: str, key: str, kernel: str, missing: str) -> Optional[str]:
+    """Why compress._C cannot run `qualname` for dispatch key `key` ("CPU" or "CUDA") on `device`
+    (None if it can): `kernel` names the kernel in the device message, `missing` says why there is none."""
+    if device.type != key.lower():
+        return f"{kernel} takes {key} tensors, got {device.type}"
+    if native_import_error is not None:
+        return f"compress._C failed to import: {native_import_error}"
+    if not _has_kernel(qualname, key):
+        return missing
+    return None
+
+
 def native_cpu(qualname: str) -> Callable[[torch.device], Optional[str]]:
     def unavailable(device):
-        if device.type != "cpu":
-            return f"the C++ kernel takes CPU tensors, got {device.type}"
-        if native_import_error is not None:
-            return f"compress._C failed to import: {native_import_error}"
-        if not _has_kernel(qualname, "CPU"):
-            return "compress._C has no CPU kernel for it"
-        return None
+        return _native_unavailable(device, qualname, "CPU", "the C++ kernel", "compress._C has no CPU kernel for it")
     return unavailable
 
 
 def native_cuda(qualname: str, min_capability=(8, 0)) -> Callable[[torch.device], Optional[str]]:
     def unavailable(device):
-        if device.type != "cuda":
-            return f"the CUDA kernel takes CUDA tensors, got {device.type}"
-        if native_import_error is not None:
-            return f"compress._C failed to import: {native_import_error}"
-        if not _has_kernel(qualname, "CUDA"):
-            return "compress._C was built without its CUDA part (see `python -m compress info`)"
+        why = _native_unavailable(device, qualname, "CUDA", "the CUDA kernel",
+                                  "compress._C was built without its CUDA part (see `python -m compress info`)")
+        if why is not None:
+            return why
         cap = torch.cuda.get_device_capability(device)
         if cap < min_capability:
             return f"needs compute capability {min_capability[0]}.{min_capability[1]}+, device has {cap[0]}.{cap[1]}"

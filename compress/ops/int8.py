@@ -103,6 +103,38 @@ def _check_same_device(op: str, ref_name: str, ref: Tensor, **others):
             raise ValueError(f"{op}: expected `{name}` on the device of `{ref_name}` ({ref.device}), got {t.device}")
 
 
+def _check_linear_args(op: str, x, bias, *parts):
+    """The type checks of a linear op with a float input: x float [M, K]; each (name, tensor, dtypes,
+    dim) of the weight's `parts` (dtypes None: x's dtype); bias float [N] or None; all on x's device."""
+    _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
+    for name, t, dtypes, dim in parts:
+        _check_tensor(op, name, t, (x.dtype,) if dtypes is None else dtypes, dim)
+    if bias is not None:
+        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
+    _check_same_device(op, "x", x, **{name: t for name, t, _, _ in parts}, bias=bias)
+
+
+def _check_per_row(op: str, name: str, t: Tensor, rows: str, n: int):
+    """t [n]: one element per row of the tensor `rows` names (e.g. "qw.shape[0]")."""
+    if t.shape[0] != n:
+        raise ValueError(f"{op}: expected `{name}` to have {rows} = {n} elements, got {t.shape[0]}")
+
+
+def _check_weight_shapes(op: str, x_name: str, x: Tensor, qw: Tensor, w_scale: Tensor, bias, x_scale=None):
+    """The sizes of an int8 linear: qw [N, K] with K = x.shape[1], x_scale (int8_linear) [M], w_scale
+    [N], bias [N] or None; x is the activation, named x_name."""
+    M, K = x.shape
+    N = qw.shape[0]
+    if qw.shape[1] != K:
+        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = {x_name}.shape[1] = {K}, "
+                         f"got shape {tuple(qw.shape)}")
+    if x_scale is not None:
+        _check_per_row(op, "x_scale", x_scale, f"{x_name}.shape[0]", M)
+    _check_per_row(op, "w_scale", w_scale, "qw.shape[0]", N)
+    if bias is not None:
+        _check_per_row(op, "bias", bias, "qw.shape[0]", N)
+
+
 def check_quantize_per_token(x: Tensor) -> None:
     _check_tensor("quantize_per_token", "x", x, _FLOAT_DTYPES)
     if x.dim() < 1:
@@ -152,16 +184,7 @@ def check_int8_linear(qx, x_scale, qw, w_scale, bias, out_dtype) -> None:
     if out_dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: expected `out_dtype` in {_FLOAT_DTYPES}, got {out_dtype}")
     _check_same_device(op, "qx", qx, x_scale=x_scale, qw=qw, w_scale=w_scale, bias=bias)
-    M, K = qx.shape
-    N = qw.shape[0]
-    if qw.shape[1] != K:
-        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = qx.shape[1] = {K}, got shape {tuple(qw.shape)}")
-    if x_scale.shape[0] != M:
-        raise ValueError(f"{op}: expected `x_scale` to have qx.shape[0] = {M} elements, got {x_scale.shape[0]}")
-    if w_scale.shape[0] != N:
-        raise ValueError(f"{op}: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
-    if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"{op}: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+    _check_weight_shapes(op, "qx", qx, qw, w_scale, bias, x_scale)
 
 
 def int8_linear_reference(qx, x_scale, qw, w_scale, bias, out_dtype) -> Tensor:
@@ -193,20 +216,8 @@ lib.define("w8a16_linear(Tensor x, Tensor qw, Tensor w_scale, Tensor? bias) -> T
 def _check_weight_only_args(op, x, qw, w_scale, bias) -> None:
     """The checks w8a16_linear and w8a8_linear share: x float [M, K], qw int8 [N, K], w_scale
     float32 [N], bias float [N] or None, all on x's device."""
-    _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
-    _check_tensor(op, "qw", qw, (torch.int8,), 2)
-    _check_tensor(op, "w_scale", w_scale, (torch.float32,), 1)
-    if bias is not None:
-        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
-    _check_same_device(op, "x", x, qw=qw, w_scale=w_scale, bias=bias)
-    K = x.shape[1]
-    N = qw.shape[0]
-    if qw.shape[1] != K:
-        raise ValueError(f"{op}: expected `qw` to be [N, K] with K = x.shape[1] = {K}, got shape {tuple(qw.shape)}")
-    if w_scale.shape[0] != N:
-        raise ValueError(f"{op}: expected `w_scale` to have qw.shape[0] = {N} elements, got {w_scale.shape[0]}")
-    if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"{op}: expected `bias` to have qw.shape[0] = {N} elements, got {bias.shape[0]}")
+    _check_linear_args(op, x, bias, ("qw", qw, (torch.int8,), 2), ("w_scale", w_scale, (torch.float32,), 1))
+    _check_weight_shapes(op, "x", x, qw, w_scale, bias)
 
 
 def check_w8a16_linear(x, qw, w_scale, bias) -> None:

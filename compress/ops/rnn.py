@@ -116,6 +116,28 @@ def _active(lengths, t):
     return None if lengths is None else (t < lengths).unsqueeze(1)  # [B, 1]
 
 
+def _lstm_step(xg_t, h, c, w, wr):
+    """One step of the references, float32 weights: (h_new, c_new, (i, f, g, o, tanh(c_new), hh)) with
+    the activated gates and hh = o * tanh(c_new), h_new = hh @ wr^T with a projection (else hh)."""
+    gi, gf, gg, go = (xg_t.float() + h @ w.t()).chunk(4, 1)
+    i, f, g, o = torch.sigmoid(gi), torch.sigmoid(gf), torch.tanh(gg), torch.sigmoid(go)
+    c_new = f * c + i * g
+    tc = torch.tanh(c_new)
+    hh = o * tc
+    return (hh @ wr.t() if wr is not None else hh), c_new, (i, f, g, o, tc, hh)
+
+
+def _gru_step(xg_t, h, w, b):
+    """One step of the references, float32 weights: (h_new, (r, z, n, an)), an the n part of
+    h @ w^T + b."""
+    xr, xz, xn = xg_t.float().chunk(3, 1)
+    a = h @ w.t() if b is None else torch.addmm(b, h, w.t())
+    ar, az, an = a.chunk(3, 1)
+    r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
+    n = torch.tanh(xn + r * an)
+    return (1 - z) * n + z * h, (r, z, n, an)
+
+
 def lstm_layer_reference(xg, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False):
     """Plain PyTorch, one step at a time, float32 gate math; differentiable (autograd runs through it)."""
     check_lstm_layer(xg, h0, c0, w_hh, w_hr, lengths, reverse)
@@ -124,11 +146,7 @@ def lstm_layer_reference(xg, h0, c0, w_hh, w_hr=None, lengths=None, reverse=Fals
     w, wr = w_hh.float(), (w_hr.float() if w_hr is not None else None)
     ys = [None] * T
     for t in _steps(T, reverse):
-        i, f, g, o = (xg[t].float() + h @ w.t()).chunk(4, 1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        if wr is not None:
-            h_new = h_new @ wr.t()
+        h_new, c_new, _ = _lstm_step(xg[t], h, c, w, wr)
         m = _active(lengths, t)
         if m is None:
             c, h, ys[t] = c_new, h_new, h_new
@@ -147,12 +165,7 @@ def gru_layer_reference(xg, h0, w_hh, b_hh=None, lengths=None, reverse=False):
     b = b_hh.float() if b_hh is not None else None
     ys = [None] * T
     for t in _steps(T, reverse):
-        xr, xz, xn = xg[t].float().chunk(3, 1)
-        a = h @ w.t() if b is None else torch.addmm(b, h, w.t())
-        ar, az, an = a.chunk(3, 1)
-        r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
-        n = torch.tanh(xn + r * an)
-        h_new = (1 - z) * n + z * h
+        h_new, _ = _gru_step(xg[t], h, w, b)
         m = _active(lengths, t)
         if m is None:
             h, ys[t] = h_new, h_new
@@ -228,14 +241,9 @@ def lstm_layer_backward_reference(dy, dh_n, dc_n, xg, h0, c0, w_hh, w_hr=None, l
     h, c = h0.float(), c0.float()
     saved = [None] * T
     for t in _steps(T, reverse):
-        gi, gf, gg, go = (xg[t].float() + h @ w.t()).chunk(4, 1)
-        i, f, g, o = torch.sigmoid(gi), torch.sigmoid(gf), torch.tanh(gg), torch.sigmoid(go)
-        c_new = f * c + i * g
-        tc = torch.tanh(c_new)
-        hh = o * tc
-        h_new = hh @ wr.t() if wr is not None else hh
+        h_new, c_new, acts = _lstm_step(xg[t], h, c, w, wr)
         m = _active(lengths, t)
-        saved[t] = (h, c, i, f, g, o, tc, hh, m)
+        saved[t] = (h, c, *acts, m)
         c, h = (c_new, h_new) if m is None else (torch.where(m, c_new, c), torch.where(m, h_new, h))
     dy = dy.float()
     dh, dc = dh_n.float(), dc_n.float()
@@ -273,14 +281,9 @@ def gru_layer_backward_reference(dy, dh_n, xg, h0, w_hh, b_hh=None, lengths=None
     h = h0.float()
     saved = [None] * T
     for t in _steps(T, reverse):
-        xr, xz, xn = xg[t].float().chunk(3, 1)
-        a = h @ w.t() if b is None else torch.addmm(b, h, w.t())
-        ar, az, an = a.chunk(3, 1)
-        r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
-        n = torch.tanh(xn + r * an)
-        h_new = (1 - z) * n + z * h
+        h_new, acts = _gru_step(xg[t], h, w, b)
         m = _active(lengths, t)
-        saved[t] = (h, r, z, n, an, m)
+        saved[t] = (h, *acts, m)
         h = h_new if m is None else torch.where(m, h_new, h)
     dy = dy.float()
     dh = dh_n.float()
@@ -577,7 +580,8 @@ _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.de
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
 
 # The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp), CUDA kernel (csrc/rnn/rnn_backward.cu
-# + rnn_cuda.cpp: auto picks it for CUDA tensors where compress._C was built with its CUDA part); Triton kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
+# + rnn_cuda.cpp: auto picks it for CUDA tensors where compress._C was built with its CUDA part); Triton
+# kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
 
 @torch.library.custom_op("compress::lstm_layer_backward_triton", mutates_args=())
 def lstm_layer_backward_triton(dy: Tensor, dh_n: Tensor, dc_n: Tensor, xg: Tensor, h0: Tensor, c0: Tensor,
@@ -683,16 +687,17 @@ def lstm_layer_backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, xg: Tensor, h0: 
 
 
 def gru_layer_backward(dy: Tensor, dh_n: Tensor, xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
-                       lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       lengths: Optional[Tensor] = None,
+                       reverse: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dxg, dh0, dw_hh, db_hh) of gru_layer given those of (y, h_n); db_hh is an empty [0]
     tensor when b_hh is None. What gru_layer's autograd calls."""
     check_gru_layer_backward(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
     return _backend.dispatch("gru_layer_backward", xg.device)(dy, dh_n, xg, h0, w_hh, b_hh, lengths, reverse)
 
 
-def lstm_layer_w8(xg: Tensor, h0: Tensor, c0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor, qw_hr: Optional[Tensor] = None,
-                  w_hr_scale: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                  reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def lstm_layer_w8(xg: Tensor, h0: Tensor, c0: Tensor, qw_hh: Tensor, w_hh_scale: Tensor,
+                  qw_hr: Optional[Tensor] = None, w_hr_scale: Optional[Tensor] = None,
+                  lengths: Optional[Tensor] = None, reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """lstm_layer with int8 recurrent (and projection) weights and float32 per-row scales. Inference only."""
     check_lstm_layer_w8(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, reverse)
     return _backend.dispatch("lstm_layer_w8", xg.device)(xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths,

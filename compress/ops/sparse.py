@@ -13,11 +13,16 @@ from torch import Tensor
 from compress.formats.sparse import BSR, CSR, from_bsr, from_csr, unpack_2_4
 from compress.ops import _backend
 from compress.ops._lib import lib
-from compress.ops.int8 import _FLOAT_DTYPES, _check_same_device, _check_tensor
+from compress.ops.int8 import _FLOAT_DTYPES, _check_linear_args, _check_same_device, _check_tensor
 
 lib.define("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
 lib.define("bsr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, int out_features, Tensor? bias) -> Tensor")
 lib.define("csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, int out_features, Tensor? bias) -> Tensor")
+
+
+def _check_bias_size(op, bias, n_out):
+    if bias is not None and bias.shape[0] != n_out:
+        raise ValueError(f"{op}: expected `bias` to have {n_out} elements (out_features), got {bias.shape[0]}")
 
 
 def _check_x_values_bias(op, x, values, bias, n_out, values_dim):
@@ -25,18 +30,12 @@ def _check_x_values_bias(op, x, values, bias, n_out, values_dim):
     _check_tensor(op, "values", values, (x.dtype,), values_dim)
     if bias is not None:
         _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
-        if bias.shape[0] != n_out:
-            raise ValueError(f"{op}: expected `bias` to have {n_out} elements (out_features), got {bias.shape[0]}")
+    _check_bias_size(op, bias, n_out)
 
 
 def check_sparse24_linear(x, values, meta, bias) -> None:
     op = "sparse24_linear"
-    _check_tensor(op, "x", x, _FLOAT_DTYPES, 2)
-    _check_tensor(op, "values", values, (x.dtype,), 2)
-    _check_tensor(op, "meta", meta, (torch.uint8,), 2)
-    if bias is not None:
-        _check_tensor(op, "bias", bias, _FLOAT_DTYPES, 1)
-    _check_same_device(op, "x", x, values=values, meta=meta, bias=bias)
+    _check_linear_args(op, x, bias, ("values", values, None, 2), ("meta", meta, (torch.uint8,), 2))
     K = x.shape[1]
     if K % 4:
         raise ValueError(f"{op}: 2:4 needs K = x.shape[1] divisible by 4, got {K}")
@@ -45,7 +44,7 @@ def check_sparse24_linear(x, values, meta, bias) -> None:
         raise ValueError(f"{op}: expected `values` to be [N, K/2] = [{N}, {K // 2}], got {tuple(values.shape)}")
     if tuple(meta.shape) != (N, K // 4):
         raise ValueError(f"{op}: expected `meta` to be [N, K/4] = [{N}, {K // 4}], got {tuple(meta.shape)}")
-    _check_x_values_bias(op, x, values, bias, N, 2)
+    _check_bias_size(op, bias, N)
 
 
 def _check_out_features(op, out_features):
