@@ -750,7 +750,7 @@ def run_stepwise(E, a, rng):
 # ---- launcher and glue (rnn_cuda_forward, rnn_cuda.cpp) ----------------------------------------
 
 def check_bsr_indices(crow, col, R, limit):
-    """rnn_cuda.cpp check_bsr on its host copy: crow from 0 to nnz non-decreasing, col in [0, limit)."""
+    """rnn_checks.cpp check_bsr_indices on the host copy: crow from 0 to nnz non-decreasing, col in [0, limit)."""
     nnz = col.size
     if crow[0] != 0:
         raise ValueError(f"expected `crow[0]` to be 0, got {crow[0]}")

@@ -580,7 +580,7 @@ _backend.register_standard("lstm_layer", torch.ops.compress.lstm_layer_triton.de
 _backend.register_standard("gru_layer", torch.ops.compress.gru_layer_triton.default, gru_layer_reference)
 
 # The backward ops: C++ CPU kernel (csrc/rnn/rnn_backward_cpu.cpp), CUDA kernel (csrc/rnn/rnn_backward.cu
-# + rnn_cuda.cpp: auto picks it for CUDA tensors where compress._C was built with its CUDA part); Triton
+# + rnn_backward_cuda.cpp: auto picks it for CUDA tensors where compress._C was built with its CUDA part); Triton
 # kernels (triton_kernels/rnn.py) as opaque custom ops like the forward's.
 
 @torch.library.custom_op("compress::lstm_layer_backward_triton", mutates_args=())

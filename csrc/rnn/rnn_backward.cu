@@ -1,6 +1,6 @@
 // CUDA kernels of compress::lstm_layer_backward / gru_layer_backward: the pointwise part of each
 // step, one element (b, j) per thread, the math of rnn_backward_math.h (shared with the CPU kernel,
-// whose tests therefore run it too). The plan and the GEMMs between these launches: rnn_cuda.cpp
+// whose tests therefore run it too). The plan and the GEMMs between these launches: rnn_backward_cuda.cpp
 // (the same as rnn_backward_cpu.cpp's). Launchers declared in rnn_cuda.h.
 // CUDA headers only (no torch: keeps this file's nvcc time short). float32 only: the glue converts
 // xg and dy once, so there is one instantiation of each kernel.

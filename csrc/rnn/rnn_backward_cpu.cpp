@@ -15,7 +15,7 @@
 //     (GRU db_hh a column sum of the same matrix), instead of T rank-B updates.
 // Inactive steps (lengths) have dG_t = 0 and pass dh, dc through, so they add nothing to dW.
 // The pointwise loops call the per-element functions of rnn_backward_math.h, which the CUDA
-// kernels (rnn_backward.cu, the same plan in rnn_cuda.cpp) run one element per thread.
+// kernels (rnn_backward.cu, the same plan in rnn_backward_cuda.cpp) run one element per thread.
 //
 // Threads: the GEMMs run on ATen's (torch.set_num_threads) threads; the pointwise loops are
 // serial (they are O(B*H) per step against the GEMMs' O(B*H*P)).

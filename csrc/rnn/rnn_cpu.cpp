@@ -13,96 +13,24 @@
 #include <tuple>
 
 #include "common.h"
+#include "rnn/rnn_checks.h"
 #include "rnn/rnn_cpu_kernel.h"
 #include "rnn/rnn_cpu_pack.h"
-#include "sparse/sparse_cpu.h"  // check_crow, check_col, check_float_tensor, py_shape
 
 namespace compress::rnn_cpu {
 namespace {
 
-using sparse_cpu::py_shape;
+using namespace rnn_checks;
 
 // ---------------------------------------------------------------------------------------- checks
-// In the order of compress/ops/rnn.py's checks, with its messages (the ops can be called directly
-// through torch.ops.compress.*, so the kernel checks everything it relies on).
+// rnn_checks.h (shared with the CUDA glue); here the BSR index contents, read in place.
 
-void check_tensor(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype, int64_t dim) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": expected `", name, "` on cpu, got ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": expected `", name, "` to be ", dtype_name(dtype), ", got ",
-                   dtype_name(t.scalar_type()));
-  TORCH_CHECK_VALUE(t.dim() == dim, op, ": expected `", name, "` to be ", dim, "-D, got ", t.dim(),
-                    "-D with shape ", py_shape(t.sizes()));
-}
-
-void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
-                 const std::string& what) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": expected `", name, "` of shape ", py_shape(shape), " (", what,
-                    "), got ", py_shape(t.sizes()));
-}
-
-// xg [T, B, G*H] on the CPU; returns H.
-int64_t check_xg(const char* op, const at::Tensor& xg, int64_t G) {
-  TORCH_CHECK_VALUE(xg.device().is_cpu(), op, ": expected `xg` on cpu, got ", xg.device());
-  sparse_cpu::check_float_tensor(op, "xg", xg, 3);
-  COMPRESS_CHECK(op, xg.size(2) % G == 0, "expected `xg` to be [T, B, ", G, "H] (", G, " gates), got last dim ",
-                 xg.size(2), ", not divisible by ", G);
-  return xg.size(2) / G;
-}
-
-void check_lengths(const char* op, const c10::optional<at::Tensor>& lengths, int64_t B) {
-  if (!lengths.has_value()) return;
-  check_tensor(op, "lengths", *lengths, at::kLong, 1);
-  check_shape(op, "lengths", *lengths, {B}, "one length per batch row");
-}
-
-void check_lstm_states(const char* op, const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, int64_t H,
-                       int64_t P, const c10::optional<at::Tensor>& lengths) {
-  const int64_t B = xg.size(1);
-  check_tensor(op, "h0", h0, xg.scalar_type(), 2);
-  check_tensor(op, "c0", c0, xg.scalar_type(), 2);
-  check_shape(op, "h0", h0, {B, P}, "[B, P] with B = xg.shape[1] = " + std::to_string(B));
-  check_shape(op, "c0", c0, {B, H}, "[B, H] with B = " + std::to_string(B) + ", H = " + std::to_string(H));
-  check_lengths(op, lengths, B);
-}
-
-void check_gru_states(const char* op, const at::Tensor& xg, const at::Tensor& h0,
-                      const c10::optional<at::Tensor>& b_hh, int64_t H, const c10::optional<at::Tensor>& lengths) {
-  const int64_t B = xg.size(1);
-  check_tensor(op, "h0", h0, xg.scalar_type(), 2);
-  if (b_hh.has_value()) {
-    check_tensor(op, "b_hh", *b_hh, xg.scalar_type(), 1);
-    check_shape(op, "b_hh", *b_hh, {3 * H}, "[3H] with H = " + std::to_string(H));
-  }
-  check_shape(op, "h0", h0, {B, H}, "[B, H] with B = xg.shape[1] = " + std::to_string(B));
-  check_lengths(op, lengths, B);
-}
-
-void check_w8(const char* op, const char* qname, const at::Tensor& q, const char* sname, const at::Tensor& s,
-              int64_t rows, int64_t cols) {
-  check_tensor(op, qname, q, at::kChar, 2);
-  check_tensor(op, sname, s, at::kFloat, 1);
-  check_shape(op, qname, q, {rows, cols}, "the float weight's shape");
-  check_shape(op, sname, s, {rows}, std::string("one scale per row of `") + qname + "`");
-}
-
-// BSR of a [rows, K] weight (rows = G*H) whose block rows must not straddle the H-row gates; also
-// the index contents the kernel relies on: crow non-decreasing from 0 to nnz, col in range.
 void check_bsr(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                at::ScalarType dtype, int64_t rows, int64_t H, int64_t K) {
-  check_tensor(op, "crow", crow, at::kInt, 1);
-  check_tensor(op, "col", col, at::kInt, 1);
-  check_tensor(op, "values", values, dtype, 3);
-  const int64_t bn = values.size(1), bk = values.size(2);
-  COMPRESS_CHECK(op, bn >= 1 && bk >= 1 && H % bn == 0, "expected `values` blocks [nnz, bn, bk] with bn dividing H = ",
-                 H, " (a block row must lie within one gate), got ", py_shape(values.sizes()));
-  check_shape(op, "crow", crow, {rows / bn + 1},
-              "one entry per block row of the [" + std::to_string(rows) + ", " + std::to_string(K) +
-                  "] weight, plus 1");
-  check_shape(op, "col", col, {values.size(0)}, "one block column per stored block");
+  check_bsr_shapes(op, crow, col, values, dtype, rows, H, K, at::Device(at::kCPU));
   const at::Tensor crow_c = crow.contiguous(), col_c = col.contiguous();
-  sparse_cpu::check_crow(op, crow_c.const_data_ptr<int32_t>(), rows / bn, col.size(0));
-  sparse_cpu::check_col(op, col_c.const_data_ptr<int32_t>(), col.size(0), (K + bk - 1) / bk,
-                        "block columns: ceil(P / bk)");
+  check_bsr_indices(op, crow_c.const_data_ptr<int32_t>(), col_c.const_data_ptr<int32_t>(), rows / values.size(1),
+                    col.size(0), K, values.size(2));
 }
 
 // ------------------------------------------------------------------------------------ weights
@@ -242,11 +170,9 @@ using OptTensor = c10::optional<at::Tensor>;
 LstmOut lstm_layer_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
                        const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
   const char* op = "lstm_layer";
-  const int64_t H = check_xg(op, xg, 4);
-  if (w_hr.has_value()) check_tensor(op, "w_hr", *w_hr, xg.scalar_type(), 2);
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  if (w_hr.has_value()) check_shape(op, "w_hr", *w_hr, {P, H}, "[P, H] with H = xg.shape[2] / 4 = " + std::to_string(H));
-  check_tensor(op, "w_hh", w_hh, xg.scalar_type(), 2);
+  const int64_t H = check_xg(op, xg, 4, at::kCPU);
+  const int64_t P = check_w_hr(op, w_hr, xg, H);
+  check_tensor(op, "w_hh", w_hh, xg.scalar_type(), 2, xg.device());
   check_shape(op, "w_hh", w_hh, {4 * H, P}, "[4H, P] with H = " + std::to_string(H) + ", P = " + std::to_string(P));
   check_lstm_states(op, xg, h0, c0, H, P, lengths);
   return run_lstm<DenseChunks, DenseChunks>(xg, h0, c0, H, P, w_hr.has_value(), lengths, reverse, [&](CpuIsa) {
@@ -264,8 +190,8 @@ LstmOut lstm_layer_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::Ten
 GruOut gru_layer_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& w_hh, const OptTensor& b_hh,
                      const OptTensor& lengths, bool reverse) {
   const char* op = "gru_layer";
-  const int64_t H = check_xg(op, xg, 3);
-  check_tensor(op, "w_hh", w_hh, xg.scalar_type(), 2);
+  const int64_t H = check_xg(op, xg, 3, at::kCPU);
+  check_tensor(op, "w_hh", w_hh, xg.scalar_type(), 2, xg.device());
   check_shape(op, "w_hh", w_hh, {3 * H, H}, "[3H, H] with H = xg.shape[2] / 3 = " + std::to_string(H));
   check_gru_states(op, xg, h0, b_hh, H, lengths);
   return run_gru<DenseChunks>(xg, h0, H, b_hh, lengths, reverse, [&](CpuIsa) {
@@ -280,14 +206,7 @@ LstmOut lstm_layer_w8_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::
                           const at::Tensor& w_hh_scale, const OptTensor& qw_hr, const OptTensor& w_hr_scale,
                           const OptTensor& lengths, bool reverse) {
   const char* op = "lstm_layer_w8";
-  COMPRESS_CHECK(op, qw_hr.has_value() == w_hr_scale.has_value(),
-                 "expected `qw_hr` and `w_hr_scale` both given or both None");
-  const int64_t H = check_xg(op, xg, 4);
-  if (qw_hr.has_value()) check_tensor(op, "qw_hr", *qw_hr, at::kChar, 2);
-  const int64_t P = qw_hr.has_value() ? qw_hr->size(0) : H;
-  check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, 4 * H, P);
-  if (qw_hr.has_value()) check_w8(op, "qw_hr", *qw_hr, "w_hr_scale", *w_hr_scale, P, H);
-  check_lstm_states(op, xg, h0, c0, H, P, lengths);
+  const auto [H, P] = check_lstm_layer_w8(op, xg, h0, c0, qw_hh, w_hh_scale, qw_hr, w_hr_scale, lengths, at::kCPU);
   return run_lstm<Int8Chunks, Int8Chunks>(xg, h0, c0, H, P, qw_hr.has_value(), lengths, reverse, [&](CpuIsa isa) {
     Weights<Int8Chunks, Int8Chunks> wts{};
     wts.keep.push_back(int8_packed(qw_hh, w_hh_scale, 4, H, isa));
@@ -303,9 +222,9 @@ LstmOut lstm_layer_w8_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::
 GruOut gru_layer_w8_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& qw_hh,
                         const at::Tensor& w_hh_scale, const OptTensor& b_hh, const OptTensor& lengths, bool reverse) {
   const char* op = "gru_layer_w8";
-  const int64_t H = check_xg(op, xg, 3);
+  const int64_t H = check_xg(op, xg, 3, at::kCPU);
   check_gru_states(op, xg, h0, b_hh, H, lengths);
-  check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, 3 * H, H);
+  check_w8(op, "qw_hh", qw_hh, "w_hh_scale", w_hh_scale, 3 * H, H, xg.device());
   return run_gru<Int8Chunks>(xg, h0, H, b_hh, lengths, reverse, [&](CpuIsa isa) {
     Weights<Int8Chunks, DenseChunks> wts{};
     wts.keep.push_back(int8_packed(qw_hh, w_hh_scale, 3, H, isa));
@@ -318,10 +237,8 @@ LstmOut lstm_layer_bsr_cpu(const at::Tensor& xg, const at::Tensor& h0, const at:
                            const at::Tensor& col, const at::Tensor& values, const OptTensor& w_hr,
                            const OptTensor& lengths, bool reverse) {
   const char* op = "lstm_layer_bsr";
-  const int64_t H = check_xg(op, xg, 4);
-  if (w_hr.has_value()) check_tensor(op, "w_hr", *w_hr, xg.scalar_type(), 2);
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  if (w_hr.has_value()) check_shape(op, "w_hr", *w_hr, {P, H}, "[P, H] with H = xg.shape[2] / 4 = " + std::to_string(H));
+  const int64_t H = check_xg(op, xg, 4, at::kCPU);
+  const int64_t P = check_w_hr(op, w_hr, xg, H);
   check_bsr(op, crow, col, values, xg.scalar_type(), 4 * H, H, P);
   check_lstm_states(op, xg, h0, c0, H, P, lengths);
   return run_lstm<BsrChunks, DenseChunks>(xg, h0, c0, H, P, w_hr.has_value(), lengths, reverse, [&](CpuIsa) {
@@ -339,7 +256,7 @@ LstmOut lstm_layer_bsr_cpu(const at::Tensor& xg, const at::Tensor& h0, const at:
 GruOut gru_layer_bsr_cpu(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& crow, const at::Tensor& col,
                          const at::Tensor& values, const OptTensor& b_hh, const OptTensor& lengths, bool reverse) {
   const char* op = "gru_layer_bsr";
-  const int64_t H = check_xg(op, xg, 3);
+  const int64_t H = check_xg(op, xg, 3, at::kCPU);
   check_gru_states(op, xg, h0, b_hh, H, lengths);
   check_bsr(op, crow, col, values, xg.scalar_type(), 3 * H, H, H);
   return run_gru<BsrChunks>(xg, h0, H, b_hh, lengths, reverse, [&](CpuIsa) {

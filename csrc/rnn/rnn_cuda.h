@@ -1,7 +1,8 @@
 // Fused LSTM / GRU recurrence on CUDA (compress::lstm_layer, gru_layer and their compressed-weight
 // variants lstm_layer_w8, gru_layer_w8, lstm_layer_bsr, gru_layer_bsr): the launcher; and the
 // pointwise step kernels of their gradients (lstm_layer_backward, gru_layer_backward), at the end.
-// Plain C++ header: no torch. Kernels: rnn_recurrence.cu, rnn_backward.cu; torch glue: rnn_cuda.cpp.
+// Plain C++ header: no torch. Kernels: rnn_recurrence.cu, rnn_backward.cu; torch glue: rnn_cuda.cpp,
+// rnn_backward_cuda.cpp.
 //
 // Shapes as compress/ops/rnn.py: T steps, B batch rows, H hidden units, P the state width (LSTM
 // proj_size, else P = H), G gates (LSTM 4: i, f, g, o; GRU 3: r, z, n). Kp = round_up(P, 4) and
@@ -83,11 +84,12 @@ cudaError_t rnn_cuda_forward(const RnnCudaProblem& p, RnnPath want, cudaStream_t
 
 // ---- Backward: the pointwise part of one step, one element per thread (rnn_backward.cu), with the
 // math and the buffers' contract of rnn_backward_math.h (the structs); the glue runs the GEMMs
-// between the launches with ATen on the same stream (plan: rnn_cuda.cpp). Each runs asynchronously
-// on `stream`: it launches nothing when the step has no elements (B or the width is 0), returns
-// cudaErrorInvalidValue without launching when a buffer the step needs is null, else the launch
-// error. rnn_bwd_lstm_recompute: `gates` holds the pre-activations xg_t + h_{t-1} @ w_hh^T on entry
-// (the kernel activates them). rnn_bwd_keep_inactive launches nothing without lengths.
+// between the launches with ATen on the same stream (plan: rnn_backward_cuda.cpp). Each runs
+// asynchronously on `stream`: it launches nothing when the step has no elements (B or the width is
+// 0), returns cudaErrorInvalidValue without launching when a buffer the step needs is null, else
+// the launch error. rnn_bwd_lstm_recompute: `gates` holds the pre-activations xg_t + h_{t-1} @
+// w_hh^T on entry (the kernel activates them). rnn_bwd_keep_inactive launches nothing without
+// lengths.
 namespace rnn_bwd {
 struct LstmRecompute;
 struct KeepInactive;
