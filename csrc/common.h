@@ -1,4 +1,5 @@
-// Shared input checks for the torch glue (.cpp files). Kernels (.cu files) never include this.
+// Shared pieces of the torch glue (.cpp files): input checks, the float-dtype dispatch, CPU op
+// registration. Kernels (.cu files) never include this.
 //
 // A failed check raises in Python with the op, the argument, what was expected and what arrived:
 //   int8_mm: expected `a` to be torch.int8, got torch.float32
@@ -34,16 +35,35 @@ inline bool is_float(c10::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// Python's tuple(t.shape): "(3, 8)", "(3,)", "()".
-inline std::string py_shape(const at::Tensor& t) {
-  std::string s = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(t.size(i));
+// The check for an argument that takes any float dtype (activations, biases: compress/ops'
+// _FLOAT_DTYPES); COMPRESS_CHECK_FLOAT below names the argument.
+inline void check_float_dtype(const char* op, const char* name, c10::ScalarType t) {
+  TORCH_CHECK_TYPE(is_float(t), op, ": expected `", name,
+                   "` to be torch.float32 or torch.bfloat16 or torch.float16, got ", dtype_name(t));
+}
+
+// fn(T{}) with T the C++ type of the float dtype t: float, c10::BFloat16 or c10::Half. Any other
+// dtype runs as c10::Half: call it only after the dtype check.
+template <class F>
+decltype(auto) dispatch_float(c10::ScalarType t, F&& fn) {
+  switch (t) {
+    case at::kFloat: return fn(float{});
+    case at::kBFloat16: return fn(c10::BFloat16{});
+    default: return fn(c10::Half{});
   }
-  if (t.dim() == 1) s += ",";
+}
+
+// Python's tuple(shape): "(3, 8)", "(3,)", "()".
+inline std::string py_shape(at::IntArrayRef shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) s += ",";
   return s + ")";
 }
+inline std::string py_shape(const at::Tensor& t) { return py_shape(t.sizes()); }
 
 // ----------------------------------------------------------------- undefined (None) tensors
 // torch.ops.compress.<op>(..., None, ...) passes None for a required `Tensor` argument as an
@@ -103,6 +123,8 @@ void check_tensors_defined(torch::Library& m, const char* name) {
   TORCH_CHECK_TYPE((t).scalar_type() == (dtype), op, ": expected `" #t "` to be ", \
                    compress::dtype_name(dtype), ", got ", compress::dtype_name((t).scalar_type()))
 
+#define COMPRESS_CHECK_FLOAT(op, t) compress::check_float_dtype(op, #t, (t).scalar_type())
+
 #define COMPRESS_CHECK_DIM(op, t, n)                                                          \
   TORCH_CHECK_VALUE((t).dim() == (n), op, ": expected `" #t "` to be ", n, "-D, got ", \
                     (t).dim(), "-D with shape ", (t).sizes())
@@ -112,3 +134,9 @@ void check_tensors_defined(torch::Library& m, const char* name) {
                     (t).device())
 
 #define COMPRESS_CHECK(op, cond, ...) TORCH_CHECK_VALUE(cond, op, ": ", __VA_ARGS__)
+
+// Registers `kernel` as compress::<name>'s CPU kernel together with its BackendSelect check
+// (check_tensors_defined above), which every op with a CPU kernel needs: one line per op.
+#define COMPRESS_REGISTER_CPU(name, kernel)                       \
+  TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl(#name, &kernel); } \
+  TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { compress::check_tensors_defined<&kernel>(m, #name); }

@@ -24,6 +24,7 @@
 
 #include "common.h"
 #include "cpu_parallel.h"
+#include "int8/int8_cpu_checks.h"
 
 namespace compress {
 namespace {
@@ -60,37 +61,17 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
   COMPRESS_CHECK(op, qx.device().is_cpu(), "expected `qx` on the CPU, got ", qx.device());
   COMPRESS_CHECK_DTYPE(op, qx, at::kChar);
   COMPRESS_CHECK_DIM(op, qx, 2);
-  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
-  COMPRESS_CHECK_DIM(op, qw, 2);
-  COMPRESS_CHECK_DTYPE(op, x_scale, at::kFloat);
-  COMPRESS_CHECK_DIM(op, x_scale, 1);
-  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
-  COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (bias.defined()) {
-    const auto s = bias.scalar_type();
-    TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op,
-                     ": expected `bias` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
-                     dtype_name(s));
-    COMPRESS_CHECK_DIM(op, bias, 1);
-  }
-  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+  int8_cpu::check_weight_dtypes(op, qw, x_scale, w_scale, bias);
+  TORCH_CHECK_TYPE(is_float(out_dtype), op,
                    ": expected `out_dtype` in (torch.float32, torch.bfloat16, torch.float16), got ",
                    dtype_name(out_dtype));
   for (const at::Tensor* t : {&x_scale, &qw, &w_scale})
     COMPRESS_CHECK(op, t->device() == qx.device(), "expected every argument on the device of `qx` (",
                    qx.device(), "), got ", t->device());
   if (bias.defined()) COMPRESS_CHECK_DEVICE(op, bias, qx.device());
-  const int64_t M = qx.size(0), K = qx.size(1), N = qw.size(0);
-  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = qx.shape[1] = ", K, ", got shape ",
-                 qw.sizes());
-  COMPRESS_CHECK(op, x_scale.size(0) == M, "expected `x_scale` to have qx.shape[0] = ", M, " elements, got ",
-                 x_scale.size(0));
-  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
-                 w_scale.size(0));
-  if (bias.defined())
-    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
-                   bias.size(0));
+  int8_cpu::check_weight_sizes(op, "qx", qx, qw, x_scale, w_scale, bias);
 
+  const int64_t M = qx.size(0), N = qw.size(0);
   at::Tensor out = at::empty({M, N}, qx.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   const at::Tensor acc = int8_mm(qx, qw.t());  // int32 [M, N] contiguous; zeros when K == 0
@@ -98,18 +79,10 @@ at::Tensor int8_linear_cpu(const at::Tensor& qx, const at::Tensor& x_scale, cons
   const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   const int32_t* ap = acc.const_data_ptr<int32_t>();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  switch (out_dtype) {
-    case at::kFloat:
-      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp, out.mutable_data_ptr<float>(), M, N);
-      break;
-    case at::kBFloat16:
-      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp,
-                   out.mutable_data_ptr<c10::BFloat16>(), M, N);
-      break;
-    default:
-      dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp, out.mutable_data_ptr<c10::Half>(),
-                   M, N);
-  }
+  dispatch_float(out_dtype, [&](auto t) {
+    dequant_rows(ap, xs.const_data_ptr<float>(), ws.const_data_ptr<float>(), bp,
+                 out.mutable_data_ptr<decltype(t)>(), M, N);
+  });
   return out;
 }
 
@@ -128,46 +101,22 @@ at::Tensor w8a8_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at::
   // The checks of compress/ops/int8.py's check_w8a8_linear, so that the messages name this op's
   // arguments (x, not the qx of the int8_linear called below).
   COMPRESS_CHECK(op, x.device().is_cpu(), "expected `x` on the CPU, got ", x.device());
-  const auto xt = x.scalar_type();
-  TORCH_CHECK_TYPE(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
-                   ": expected `x` to be torch.float32 or torch.bfloat16 or torch.float16, got ", dtype_name(xt));
+  COMPRESS_CHECK_FLOAT(op, x);
   COMPRESS_CHECK_DIM(op, x, 2);
-  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
-  COMPRESS_CHECK_DIM(op, qw, 2);
-  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
-  COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (has_bias) {
-    const auto s = bias.scalar_type();
-    TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op,
-                     ": expected `bias` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
-                     dtype_name(s));
-    COMPRESS_CHECK_DIM(op, bias, 1);
-  }
+  int8_cpu::check_weight_dtypes(op, qw, /*x_scale=*/at::Tensor(), w_scale, bias);
   for (const at::Tensor* t : {&qw, &w_scale})
     COMPRESS_CHECK(op, t->device() == x.device(), "expected every argument on the device of `x` (", x.device(),
                    "), got ", t->device());
   if (has_bias) COMPRESS_CHECK_DEVICE(op, bias, x.device());
-  const int64_t K = x.size(1), N = qw.size(0);
-  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K, ", got shape ",
-                 qw.sizes());
-  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
-                 w_scale.size(0));
-  if (has_bias)
-    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
-                   bias.size(0));
+  int8_cpu::check_weight_sizes(op, "x", x, qw, /*x_scale=*/at::Tensor(), w_scale, bias);
 
   const auto [q, scale] = quantize_per_token(x);  // int8 [M, K] contiguous, float32 [M]
-  return int8_linear_cpu(q, scale, qw, w_scale, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt, xt);
+  return int8_linear_cpu(q, scale, qw, w_scale, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt,
+                         x.scalar_type());
 }
 
 }  // namespace
 }  // namespace compress
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) {
-  m.impl("int8_linear", &compress::int8_linear_cpu);
-  m.impl("w8a8_linear", &compress::w8a8_linear_cpu);
-}
-TORCH_LIBRARY_IMPL(compress, BackendSelect, m) {
-  compress::check_tensors_defined<&compress::int8_linear_cpu>(m, "int8_linear");
-  compress::check_tensors_defined<&compress::w8a8_linear_cpu>(m, "w8a8_linear");
-}
+COMPRESS_REGISTER_CPU(int8_linear, compress::int8_linear_cpu)
+COMPRESS_REGISTER_CPU(w8a8_linear, compress::w8a8_linear_cpu)

@@ -534,7 +534,6 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("int8_mm", &int8_mm_cpu); }
-TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&int8_mm_cpu>(m, "int8_mm"); }
+COMPRESS_REGISTER_CPU(int8_mm, int8_mm_cpu)
 
 }  // namespace compress

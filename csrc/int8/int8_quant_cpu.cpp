@@ -30,6 +30,7 @@
 #include "cpu_features.h"
 #include "cpu_parallel.h"
 #include "int8/int8_cpu.h"  // thread_scratch, transpose_16x16_dwords
+#include "int8/int8_cpu_checks.h"
 
 namespace compress {
 namespace {
@@ -57,12 +58,6 @@ void row_to_float(const at::Tensor& x2, int64_t r, float* dst) {
       break;
     }
   }
-}
-
-void check_float(const char* op, const at::Tensor& t, const char* name) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op, ": expected `", name,
-                   "` to be torch.float32 or torch.bfloat16 or torch.float16, got ", dtype_name(s));
 }
 
 // ---- quantize one float32 row -------------------------------------------------------------------
@@ -119,7 +114,7 @@ float quantize_row_avx512(const float* x, int64_t K, int8_t* q) {
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
   constexpr const char* op = "quantize_per_token";
   COMPRESS_CHECK(op, x.device().is_cpu(), "expected `x` on the CPU, got ", x.device());
-  check_float(op, x, "x");
+  COMPRESS_CHECK_FLOAT(op, x);
   COMPRESS_CHECK(op, x.dim() >= 1, "expected `x` to have at least 1 dim, got a 0-D tensor");
   const int64_t K = x.size(-1);
   auto lead = x.sizes().slice(0, x.dim() - 1);
@@ -332,28 +327,15 @@ at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at:
   constexpr const char* op = "w8a16_linear";
   const at::Tensor bias = bias_opt.value_or(at::Tensor());  // named so for the checks' messages
   COMPRESS_CHECK(op, x.device().is_cpu(), "expected `x` on the CPU, got ", x.device());
-  check_float(op, x, "x");
+  COMPRESS_CHECK_FLOAT(op, x);
   COMPRESS_CHECK_DIM(op, x, 2);
-  COMPRESS_CHECK_DTYPE(op, qw, at::kChar);
-  COMPRESS_CHECK_DIM(op, qw, 2);
-  COMPRESS_CHECK_DTYPE(op, w_scale, at::kFloat);
-  COMPRESS_CHECK_DIM(op, w_scale, 1);
-  if (bias.defined()) {
-    check_float(op, bias, "bias");
-    COMPRESS_CHECK_DIM(op, bias, 1);
-  }
+  int8_cpu::check_weight_dtypes(op, qw, /*x_scale=*/at::Tensor(), w_scale, bias);
   COMPRESS_CHECK_DEVICE(op, qw, x.device());
   COMPRESS_CHECK_DEVICE(op, w_scale, x.device());
   if (bias.defined()) COMPRESS_CHECK_DEVICE(op, bias, x.device());
-  const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
-  COMPRESS_CHECK(op, qw.size(1) == K, "expected `qw` to be [N, K] with K = x.shape[1] = ", K, ", got shape ",
-                 qw.sizes());
-  COMPRESS_CHECK(op, w_scale.size(0) == N, "expected `w_scale` to have qw.shape[0] = ", N, " elements, got ",
-                 w_scale.size(0));
-  if (bias.defined())
-    COMPRESS_CHECK(op, bias.size(0) == N, "expected `bias` to have qw.shape[0] = ", N, " elements, got ",
-                   bias.size(0));
+  int8_cpu::check_weight_sizes(op, "x", x, qw, /*x_scale=*/at::Tensor(), w_scale, bias);
 
+  const int64_t M = x.size(0), K = x.size(1), N = qw.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const at::Tensor w = qw.contiguous();
@@ -425,6 +407,8 @@ at::Tensor w8a16_linear_cpu(const at::Tensor& x, const at::Tensor& qw, const at:
 }  // namespace
 }  // namespace compress
 
+// Written out, not COMPRESS_REGISTER_CPU (common.h): with the macro GCC inlines differently in this
+// file (at::TensorBase::stride is no longer inlined into quantize_per_token's row loop).
 TORCH_LIBRARY_IMPL(compress, CPU, m) {
   m.impl("quantize_per_token", &compress::quantize_per_token_cpu);
   m.impl("w8a16_linear", &compress::w8a16_linear_cpu);

@@ -114,7 +114,9 @@ void bsr_tile_scalar(const BsrArgs<T>& a, int64_t e0, int64_t e1, int64_t r0, in
 }
 
 template <typename T>
-bool bsr_run(const at::Tensor& x, const BsrArgs<T>& a, int64_t N, const float* bias, at::Tensor& y) {
+bool bsr_run(const at::Tensor& x, const int32_t* crow, const int32_t* col, const T* val, int64_t bn, int64_t bk,
+             int64_t N, const float* bias, at::Tensor& y) {
+  const BsrArgs<T> a{crow, col, val, bn, bk, x.size(1)};
   const bool avx = use_avx512();
   const int64_t M = x.size(0), K = a.K, R = ceil_div(N, a.bn), Kb = ceil_div(K, a.bk);
   // x as float rows with unit k-stride.
@@ -172,45 +174,18 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at:
   COMPRESS_CHECK(kOp, col.size(0) == values.size(0), "expected `col` to have one entry per stored value/block (",
                  values.size(0), "), got ", col.size(0));
   COMPRESS_CHECK(kOp, bn >= 1 && bk >= 1, "expected `values` to be [nnz_blocks, bn, bk] with bn, bk >= 1, got ",
-                 py_shape(values.sizes()));
+                 py_shape(values));
 
-  const int64_t M = x.size(0), K = x.size(1), nnzb = col.size(0);
-  const at::Tensor crow_c = crow.contiguous(), col_c = col.contiguous();
-  const int32_t* crow_p = crow_c.const_data_ptr<int32_t>();
-  const int32_t* col_p = col_c.const_data_ptr<int32_t>();
-  check_crow(kOp, crow_p, R, nnzb);
-  const int64_t Kb = ceil_div(K, bk);
-  if (M == 0 || N == 0 || K == 0 || nnzb == 0) {
-    check_col(kOp, col_p, nnzb, Kb, "block columns: ceil(in_features / bk)");
-    return bias_only(x, N, bias_opt);
-  }
-
-  const at::Tensor vals = values.contiguous();
-  const at::Tensor bias = bias_opt.has_value() ? bias_opt->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bias_p = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  at::Tensor y = at::empty({M, N}, x.options());
-  bool ok = false;
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      ok = bsr_run<float>(x, {crow_p, col_p, vals.const_data_ptr<float>(), bn, bk, K}, N, bias_p, y);
-      break;
-    case at::kBFloat16:
-      ok = bsr_run<c10::BFloat16>(x, {crow_p, col_p, vals.const_data_ptr<c10::BFloat16>(), bn, bk, K}, N, bias_p, y);
-      break;
-    default:
-      ok = bsr_run<c10::Half>(x, {crow_p, col_p, vals.const_data_ptr<c10::Half>(), bn, bk, K}, N, bias_p, y);
-      break;
-  }
-  if (!ok) {
-    check_col(kOp, col_p, nnzb, Kb, "block columns: ceil(in_features / bk)");
-    TORCH_CHECK(false, kOp, ": internal error: the kernel rejected a valid `col`");
-  }
-  return y;
+  const int64_t Kb = ceil_div(x.size(1), bk);
+  return compressed_linear(kOp, x, crow, col, values, N, R, /*col_limit=*/Kb, "block columns: ceil(in_features / bk)",
+                           bias_opt, [&](const int32_t* crow_p, const int32_t* col_p, const auto* val,
+                                         const float* bias, at::Tensor& y) {
+                             return bsr_run(x, crow_p, col_p, val, bn, bk, N, bias, y);
+                           });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("bsr_linear", &bsr_linear_cpu); }
-TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&bsr_linear_cpu>(m, "bsr_linear"); }
+COMPRESS_REGISTER_CPU(bsr_linear, bsr_linear_cpu)
 
 }  // namespace compress

@@ -87,7 +87,9 @@ bool csr_rows_scalar(const CsrArgs<T>& a, int64_t n0, int nr, const float* panel
 }
 
 template <typename T>
-bool csr_run(const at::Tensor& x, const CsrArgs<T>& a, int64_t N, const float* bias, at::Tensor& y) {
+bool csr_run(const at::Tensor& x, const int32_t* crow, const int32_t* col, const T* val, int64_t N, const float* bias,
+             at::Tensor& y) {
+  const CsrArgs<T> a{crow, col, val, x.size(1)};
   const bool avx = use_avx512();
   const int64_t nnz = a.crow[N];
   return run_rows<T>(x, N, a.crow, /*row_cost=*/8, nnz * x.size(0) + N, /*max_w=*/64, bias, y, avx,
@@ -112,42 +114,16 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at:
   COMPRESS_CHECK(kOp, col.size(0) == values.size(0), "expected `col` to have one entry per stored value/block (",
                  values.size(0), "), got ", col.size(0));
 
-  const int64_t M = x.size(0), K = x.size(1), N = out_features, nnz = col.size(0);
-  const at::Tensor crow_c = crow.contiguous(), col_c = col.contiguous();
-  const int32_t* crow_p = crow_c.const_data_ptr<int32_t>();
-  const int32_t* col_p = col_c.const_data_ptr<int32_t>();
-  check_crow(kOp, crow_p, N, nnz);
-  if (M == 0 || N == 0 || K == 0 || nnz == 0) {
-    check_col(kOp, col_p, nnz, K, "in_features = x.shape[1]");
-    return bias_only(x, N, bias_opt);
-  }
-
-  const at::Tensor vals = values.contiguous();
-  const at::Tensor bias = bias_opt.has_value() ? bias_opt->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bias_p = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  at::Tensor y = at::empty({M, N}, x.options());
-  bool ok = false;
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      ok = csr_run<float>(x, {crow_p, col_p, vals.const_data_ptr<float>(), K}, N, bias_p, y);
-      break;
-    case at::kBFloat16:
-      ok = csr_run<c10::BFloat16>(x, {crow_p, col_p, vals.const_data_ptr<c10::BFloat16>(), K}, N, bias_p, y);
-      break;
-    default:
-      ok = csr_run<c10::Half>(x, {crow_p, col_p, vals.const_data_ptr<c10::Half>(), K}, N, bias_p, y);
-      break;
-  }
-  if (!ok) {
-    check_col(kOp, col_p, nnz, K, "in_features = x.shape[1]");
-    TORCH_CHECK(false, kOp, ": internal error: the kernel rejected a valid `col`");
-  }
-  return y;
+  const int64_t N = out_features;
+  return compressed_linear(kOp, x, crow, col, values, N, /*R=*/N, /*col_limit=*/x.size(1), "in_features = x.shape[1]",
+                           bias_opt, [&](const int32_t* crow_p, const int32_t* col_p, const auto* val,
+                                         const float* bias, at::Tensor& y) {
+                             return csr_run(x, crow_p, col_p, val, N, bias, y);
+                           });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("csr_linear", &csr_linear_cpu); }
-TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&csr_linear_cpu>(m, "csr_linear"); }
+COMPRESS_REGISTER_CPU(csr_linear, csr_linear_cpu)
 
 }  // namespace compress

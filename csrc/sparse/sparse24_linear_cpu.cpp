@@ -101,7 +101,8 @@ bool s24_rows_scalar(const S24Args<T>& a, int64_t n0, int nr, const float* panel
 }
 
 template <typename T>
-void s24_run(const at::Tensor& x, const S24Args<T>& a, int64_t N, const float* bias, at::Tensor& y) {
+void s24_run(const at::Tensor& x, const T* val, const uint8_t* meta, int64_t N, const float* bias, at::Tensor& y) {
+  const S24Args<T> a{val, meta, x.size(1) / 4};
   const bool avx = use_avx512();
   run_rows<T>(x, N, nullptr, 0, N * a.G * 2 * x.size(0), /*max_w=*/64, bias, y, avx,
               [&](int64_t n0, int nr, const Tile& t, float* acc) {
@@ -134,9 +135,9 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   COMPRESS_CHECK(kOp, K % 4 == 0, "2:4 needs K = x.shape[1] divisible by 4, got ", K);
   COMPRESS_CHECK(kOp, values.size(1) * 2 == K, "expected `values` to be [N, K/2] = [", N, ", ", K / 2, "], got ",
-                 py_shape(values.sizes()));
+                 py_shape(values));
   COMPRESS_CHECK(kOp, meta.size(0) == N && meta.size(1) == K / 4, "expected `meta` to be [N, K/4] = [", N, ", ",
-                 K / 4, "], got ", py_shape(meta.sizes()));
+                 K / 4, "], got ", py_shape(meta));
   if (bias_opt.has_value()) {
     const at::Tensor& bias = *bias_opt;
     check_float_tensor(kOp, "bias", bias, 1);
@@ -145,28 +146,16 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   }
   if (M == 0 || N == 0 || K == 0) return bias_only(x, N, bias_opt);
 
-  const at::Tensor vals = values.contiguous(), meta_c = meta.contiguous();
-  const at::Tensor bias = bias_opt.has_value() ? bias_opt->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bias_p = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  const uint8_t* meta_p = meta_c.const_data_ptr<uint8_t>();
+  const at::Tensor meta_c = meta.contiguous();
   at::Tensor y = at::empty({M, N}, x.options());
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      s24_run<float>(x, {vals.const_data_ptr<float>(), meta_p, K / 4}, N, bias_p, y);
-      break;
-    case at::kBFloat16:
-      s24_run<c10::BFloat16>(x, {vals.const_data_ptr<c10::BFloat16>(), meta_p, K / 4}, N, bias_p, y);
-      break;
-    default:
-      s24_run<c10::Half>(x, {vals.const_data_ptr<c10::Half>(), meta_p, K / 4}, N, bias_p, y);
-      break;
-  }
+  with_operands(x, values, bias_opt, [&](const auto* val, const float* bias) {
+    s24_run(x, val, meta_c.const_data_ptr<uint8_t>(), N, bias, y);
+  });
   return y;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(compress, CPU, m) { m.impl("sparse24_linear", &sparse24_linear_cpu); }
-TORCH_LIBRARY_IMPL(compress, BackendSelect, m) { check_tensors_defined<&sparse24_linear_cpu>(m, "sparse24_linear"); }
+COMPRESS_REGISTER_CPU(sparse24_linear, sparse24_linear_cpu)
 
 }  // namespace compress

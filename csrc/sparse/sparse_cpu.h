@@ -1,8 +1,8 @@
 // Shared pieces of the sparse linear CPU kernels (csr_linear, bsr_linear, sparse24_linear):
-// input checks, crow / col validation, work splitting, scratch memory, dtype conversion and the
-// output write-back (the transposed-x scheme of csr and 2:4 is in sparse_cpu_rows.h). Vector
-// pieces have an AVX-512 form (compiled with a target attribute; the build has no -march) and a
-// plain C++ form for other CPUs, chosen per call by use_avx512().
+// input checks, crow / col validation, work splitting, scratch memory, dtype conversion, the
+// output write-back and the ops' drivers (the transposed-x scheme of csr and 2:4 is in
+// sparse_cpu_rows.h). Vector pieces have an AVX-512 form (compiled with a target attribute; the
+// build has no -march) and a plain C++ form for other CPUs, chosen per call by use_avx512().
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "common.h"
@@ -44,22 +43,11 @@ inline bool use_avx512() {
 
 // ------------------------------------------------------------------------------------ checks
 
-// A shape as Python prints a tuple: (4, 3), (4,).
-inline std::string py_shape(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + (s.size() == 1 ? ",)" : ")");
-}
-
-inline bool is_float_dtype(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
-}
+using compress::py_shape;  // common.h's; rnn_cpu.cpp takes it from here
 
 // Python's _check_tensor(op, name, t, _FLOAT_DTYPES, dim).
 inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": expected `", name,
-                   "` to be torch.float32 or torch.bfloat16 or torch.float16, got ",
-                   dtype_name(t.scalar_type()));
+  check_float_dtype(op, name, t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == dim, op, ": expected `", name, "` to be ", dim, "-D, got ", t.dim(),
                     "-D with shape ", t.sizes());
 }
@@ -81,8 +69,6 @@ inline void check_col(const char* op, const int32_t* col, int64_t nnz, int64_t l
     COMPRESS_CHECK(op, col[i] >= 0 && col[i] < limit, "expected `col` entries in [0, ", limit, ") (", what,
                    "), got col[", i, "] = ", col[i]);
 }
-
-// --------------------------------------------------------------------------- threads, memory
 
 // The checks csr_linear and bsr_linear share, in the order of compress/ops/sparse.py's
 // _check_compressed: index dtypes and ranks, x, values (values_dim), bias, devices, out_features.
@@ -109,6 +95,8 @@ inline void check_compressed_args(const char* op, const at::Tensor& x, const at:
   COMPRESS_CHECK_DEVICE(op, values, at::kCPU);
   COMPRESS_CHECK(op, out_features >= 0, "expected `out_features` >= 0, got ", out_features);
 }
+
+// --------------------------------------------------------------------------- threads, memory
 
 // Number of tasks for `work` multiply-adds: one per thread, or one when the call is too small to
 // pay for waking the pool.
@@ -275,6 +263,52 @@ inline at::Tensor bias_only(const at::Tensor& x, int64_t N, const c10::optional<
   at::Tensor y = at::empty({x.size(0), N}, x.options());  // never a view of bias
   if (bias.has_value()) return y.copy_(bias->unsqueeze(0).expand({x.size(0), N}));
   return y.zero_();
+}
+
+// -------------------------------------------------------------------------------- op drivers
+
+// The operands of the three ops in the kernels' form: run(val, bias) with val the values
+// (contiguous) as const T*, T the C++ type of x's dtype (float, c10::BFloat16 or c10::Half; the
+// values share it), and bias float32 (contiguous) or nullptr. Returns what run returns.
+template <class Run>
+decltype(auto) with_operands(const at::Tensor& x, const at::Tensor& values, const c10::optional<at::Tensor>& bias_opt,
+                             const Run& run) {
+  const at::Tensor vals = values.contiguous();
+  const at::Tensor bias = bias_opt.has_value() ? bias_opt->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bias_p = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  return dispatch_float(x.scalar_type(), [&](auto t) {
+    using T = decltype(t);
+    return run(vals.const_data_ptr<T>(), bias_p);
+  });
+}
+
+// What csr_linear and bsr_linear do once their shapes are checked. crow [R + 1] is validated
+// first; col entries must lie in [0, col_limit) (`what` names the limit in the message): the
+// kernels check them as they read them, and only a failed call walks col for the message.
+// run(crow, col, val, bias, y) fills y [M, N] (x's dtype; val and bias as with_operands gives
+// them) and returns false on an entry out of range.
+template <class Run>
+at::Tensor compressed_linear(const char* op, const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                             const at::Tensor& values, int64_t N, int64_t R, int64_t col_limit, const char* what,
+                             const c10::optional<at::Tensor>& bias_opt, const Run& run) {
+  const int64_t M = x.size(0), K = x.size(1), nnz = col.size(0);
+  const at::Tensor crow_c = crow.contiguous(), col_c = col.contiguous();
+  const int32_t* crow_p = crow_c.const_data_ptr<int32_t>();
+  const int32_t* col_p = col_c.const_data_ptr<int32_t>();
+  check_crow(op, crow_p, R, nnz);
+  if (M == 0 || N == 0 || K == 0 || nnz == 0) {
+    check_col(op, col_p, nnz, col_limit, what);
+    return bias_only(x, N, bias_opt);
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  const bool ok = with_operands(x, values, bias_opt, [&](const auto* val, const float* bias) {
+    return run(crow_p, col_p, val, bias, y);
+  });
+  if (!ok) {
+    check_col(op, col_p, nnz, col_limit, what);
+    TORCH_CHECK(false, op, ": internal error: the kernel rejected a valid `col`");
+  }
+  return y;
 }
 
 }  // namespace compress::sparse_cpu
